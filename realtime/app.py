@@ -1,0 +1,85 @@
+"""The aiohttp application: one factory, typed app keys, lifecycle in ``cleanup_ctx``.
+
+Routes live beside the work they serve: ``live_api`` (WebRTC sessions),
+``offline_api`` (Sonic-compatible generation), ``ops`` (health, metrics,
+OpenAPI, access control). This module only assembles them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from aiohttp import web
+
+from realtime.config import ROOT, Config, load_config
+from realtime.engine import Engine
+
+log = logging.getLogger(__name__)
+
+CONFIG_KEY = web.AppKey("config", Config)
+ENGINE_KEY = web.AppKey("engine", Engine)
+
+STATIC_DIR = ROOT / "static"
+
+
+async def _engine_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Load and warm the models once per process; free them on cleanup."""
+    engine = app[ENGINE_KEY]
+    loop = asyncio.get_running_loop()
+    await loop.run_in_executor(engine.executor, engine.warmup)
+    yield
+    engine.close()
+
+
+def create_app(config: Config | None = None, *, engine: Engine | None = None) -> web.Application:
+    """Build the application. Pass ``engine`` to share loaded models (tests do)."""
+    from realtime import live_api, offline_api, ops
+
+    config = config or load_config()
+    app = web.Application(
+        client_max_size=config.server.max_body_bytes,
+        middlewares=ops.middlewares(config),
+    )
+    app[CONFIG_KEY] = config
+    app[ENGINE_KEY] = engine or Engine(config)
+    if engine is None:
+        app.cleanup_ctx.append(_engine_ctx)
+    ops.setup_ops(app)
+    live_api.setup_live(app)
+    offline_api.setup_offline(app)
+
+    async def index(_: web.Request) -> web.FileResponse:
+        return web.FileResponse(STATIC_DIR / "index.html")
+
+    app.router.add_get("/", index)
+    if STATIC_DIR.is_dir():
+        app.router.add_static("/static/", STATIC_DIR, follow_symlinks=False)
+    return app
+
+
+def cli_main(argv: list[str]) -> int:
+    """``avatar serve``: run the server."""
+    parser = argparse.ArgumentParser(prog="avatar serve", description="Run the real-time avatar server.")
+    parser.add_argument("--config", type=Path, default=None, help="TOML config file (default: config.toml)")
+    parser.add_argument("--host", default=None)
+    parser.add_argument("--port", type=int, default=None)
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    parser.add_argument("--log-level", default="INFO")
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    overrides = list(args.overrides)
+    if args.host is not None:
+        overrides.append(f"server.host={args.host}")
+    if args.port is not None:
+        overrides.append(f"server.port={args.port}")
+    config = load_config(args.config, overrides)
+    app = create_app(config)
+    log.info("serving on http://%s:%d", config.server.host, config.server.port)
+    web.run_app(app, host=config.server.host, port=config.server.port, print=None, shutdown_timeout=10.0)
+    return 0

@@ -1,0 +1,42 @@
+from pathlib import Path
+
+import pytest
+
+from realtime.config import ConfigError, load_config
+from realtime.motion import CHANNELS, N_CHANNELS, MotionFrame, clip_motion, neutral
+
+
+def test_shipped_config_loads() -> None:
+    cfg = load_config(env={})
+    assert cfg.server.port == 8080
+    assert cfg.server.ice_servers == ()
+    assert cfg.live.fps == 25
+
+
+def test_env_and_cli_overrides_take_precedence() -> None:
+    cfg = load_config(
+        env={"AVATAR_SERVER_PORT": "9000", "AVATAR_LIVE_FPS": "30"}, overrides=["server.port=9100"]
+    )
+    assert cfg.server.port == 9100
+    assert cfg.live.fps == 30
+
+
+def test_bad_values_are_clear_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="server.port"):
+        load_config(env={"AVATAR_SERVER_PORT": "eighty"})
+    with pytest.raises(ConfigError, match="unknown setting"):
+        load_config(overrides=["server.nope=1"], env={})
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "missing.toml", env={})
+
+
+def test_motion_frame_contract() -> None:
+    assert len(CHANNELS) == N_CHANNELS == len(set(CHANNELS))
+    v = neutral()
+    v[0] = float("nan")
+    v[-1] = 99.0
+    clipped = clip_motion(v)
+    assert clipped[0] == 0.0 and clipped[-1] <= 12.0
+    frame = MotionFrame(index=3, values=clipped)
+    assert set(frame.to_dict()) == set(CHANNELS)
+    assert frame["jawOpen"] == 0.0
