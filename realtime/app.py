@@ -17,11 +17,13 @@ from aiohttp import web
 
 from realtime.config import ROOT, Config, load_config
 from realtime.engine import Engine
+from realtime.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
 CONFIG_KEY = web.AppKey("config", Config)
 ENGINE_KEY = web.AppKey("engine", Engine)
+METRICS_KEY = web.AppKey("metrics", Metrics)
 
 STATIC_DIR = ROOT / "static"
 
@@ -46,6 +48,7 @@ def create_app(config: Config | None = None, *, engine: Engine | None = None) ->
     )
     app[CONFIG_KEY] = config
     app[ENGINE_KEY] = engine or Engine(config)
+    app[METRICS_KEY] = Metrics()
     if engine is None:
         app.cleanup_ctx.append(_engine_ctx)
     ops.setup_ops(app)

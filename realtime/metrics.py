@@ -1,0 +1,59 @@
+"""Prometheus metrics, one registry per application (never the global default registry).
+
+Framework-free: sessions and jobs record into a :class:`Metrics` they are handed;
+``ops`` serves ``registry`` at ``/metrics``.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+# Buckets in seconds: per-frame stage times are milliseconds, latency tens to hundreds of ms.
+_STAGE_BUCKETS = (0.001, 0.002, 0.004, 0.006, 0.008, 0.012, 0.016, 0.025, 0.04, 0.06, 0.1, 0.25)
+_LATENCY_BUCKETS = (0.04, 0.06, 0.08, 0.1, 0.12, 0.15, 0.2, 0.3, 0.5, 1.0)
+
+
+class Metrics:
+    """All of the server's metrics, registered on a private registry."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.sessions_active = Gauge("avatar_sessions_active", "Live sessions now open", registry=r)
+        self.sessions_total = Counter(
+            "avatar_sessions_total", "Live sessions by outcome", ["outcome"], registry=r
+        )
+        self.jobs_active = Gauge("avatar_jobs_active", "Offline jobs queued or running", registry=r)
+        self.jobs_total = Counter("avatar_jobs_total", "Offline jobs by final status", ["status"], registry=r)
+        self.frames_sent = Counter("avatar_video_frames_sent_total", "Video frames sent", registry=r)
+        self.frames_dropped = Counter(
+            "avatar_video_frames_dropped_total", "Late frames replaced by a repeat", registry=r
+        )
+        self.session_fps = Histogram(
+            "avatar_session_fps",
+            "Delivered fps per session, sampled each second",
+            buckets=(5, 10, 15, 20, 23, 24, 25, 26, 30, 35),
+            registry=r,
+        )
+        self.audio_to_mouth_seconds = Histogram(
+            "avatar_audio_to_mouth_seconds",
+            "Audio sample in to its video frame out",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.model_seconds = Histogram(
+            "avatar_model_seconds", "Motion model time per chunk", buckets=_STAGE_BUCKETS, registry=r
+        )
+        self.render_seconds = Histogram(
+            "avatar_render_seconds", "Portrait render time per frame", buckets=_STAGE_BUCKETS, registry=r
+        )
+        self.encode_seconds = Histogram(
+            "avatar_encode_seconds", "Video encode time per frame", buckets=_STAGE_BUCKETS, registry=r
+        )
+        self.http_rejected = Counter(
+            "avatar_http_rejected_total", "Requests refused by a limit", ["reason"], registry=r
+        )
+
+    def exposition(self) -> bytes:
+        """The text format that Prometheus scrapes."""
+        return generate_latest(self.registry)
