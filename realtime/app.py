@@ -17,6 +17,7 @@ from aiohttp import web
 
 from realtime.config import ROOT, Config, load_config
 from realtime.engine import Engine
+from realtime.logs import configure_logging
 from realtime.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -73,15 +74,13 @@ def cli_main(argv: list[str]) -> int:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
     overrides = list(args.overrides)
     if args.host is not None:
         overrides.append(f"server.host={args.host}")
     if args.port is not None:
         overrides.append(f"server.port={args.port}")
     config = load_config(args.config, overrides)
+    configure_logging(args.log_level, config.server.log_format)
     app = create_app(config)
     log.info("serving on http://%s:%d", config.server.host, config.server.port)
     web.run_app(app, host=config.server.host, port=config.server.port, print=None, shutdown_timeout=10.0)

@@ -30,6 +30,7 @@ class ServerConfig:
     cors_origins: tuple[str, ...] = ("*",)
     max_body_bytes: int = 60_000_000
     rate_limit_per_minute: int = 30
+    log_format: str = "text"
 
 
 @dataclass(frozen=True)

@@ -6,11 +6,24 @@ Framework-free: sessions and jobs record into a :class:`Metrics` they are handed
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+import threading
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+)
 
 # Buckets in seconds: per-frame stage times are milliseconds, latency tens to hundreds of ms.
 _STAGE_BUCKETS = (0.001, 0.002, 0.004, 0.006, 0.008, 0.012, 0.016, 0.025, 0.04, 0.06, 0.1, 0.25)
 _LATENCY_BUCKETS = (0.04, 0.06, 0.08, 0.1, 0.12, 0.15, 0.2, 0.3, 0.5, 1.0)
+_HTTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 
 class Metrics:
@@ -53,6 +66,27 @@ class Metrics:
         self.http_rejected = Counter(
             "avatar_http_rejected_total", "Requests refused by a limit", ["reason"], registry=r
         )
+        # Labels are bounded: route is the route template (or "unmatched"), method one of a fixed set.
+        self.http_requests = Counter(
+            "avatar_http_requests_total",
+            "HTTP requests by method, route template and status",
+            ["method", "route", "status"],
+            registry=r,
+        )
+        self.http_request_seconds = Histogram(
+            "avatar_http_request_seconds",
+            "HTTP request handling time by route template",
+            ["route"],
+            buckets=_HTTP_BUCKETS,
+            registry=r,
+        )
+        self.http_in_flight = Gauge(
+            "avatar_http_requests_in_flight", "HTTP requests being handled", registry=r
+        )
+        # Leak watch: fds, RSS and CPU (Linux /proc) plus live Python threads.
+        ProcessCollector(registry=r)
+        self.threads = Gauge("avatar_process_threads", "Live Python threads", registry=r)
+        self.threads.set_function(threading.active_count)
 
     def exposition(self) -> bytes:
         """The text format that Prometheus scrapes."""

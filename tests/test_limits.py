@@ -1,0 +1,135 @@
+"""Limits: rate limiter, SDP pre-check, body sizes, and the capacity / parameter checks of the handlers."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from realtime.app import create_app
+from realtime.config import Config
+from realtime.engine import Engine
+from realtime.ops import MAX_SDP_BYTES, OfferError, check_offer
+from realtime.ratelimit import RateLimiter
+
+AUDIO_OFFER = (
+    "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\n"
+    "m=audio 9 UDP/TLS/RTP/SAVPF 111\r\nc=IN IP4 0.0.0.0\r\na=rtpmap:111 opus/48000/2\r\n"
+)
+VIDEO_ONLY_OFFER = AUDIO_OFFER.replace("m=audio 9 UDP/TLS/RTP/SAVPF 111", "m=video 9 UDP/TLS/RTP/SAVPF 96")
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _with(config: Config, **server: object) -> Config:
+    return dataclasses.replace(config, server=dataclasses.replace(config.server, **server))
+
+
+@pytest.fixture
+async def make_client(test_config):
+    engines: list[Engine] = []
+    clients: list[TestClient] = []
+
+    async def make(config: Config | None = None) -> TestClient:
+        config = config or test_config
+        engine = Engine(config, inference_workers=1)
+        engines.append(engine)
+        client = TestClient(TestServer(create_app(config, engine=engine)))
+        await client.start_server()
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        await client.close()
+    for engine in engines:
+        engine.close()
+
+
+def test_token_bucket_burst_refill_and_retry_after():
+    clock = FakeClock()
+    limiter = RateLimiter(6, clock=clock)  # 6 per minute: one token every 10 s, burst of 6
+    assert all(limiter.acquire("a") == 0.0 for _ in range(6))
+    wait = limiter.acquire("a")
+    assert wait == pytest.approx(10.0) and limiter.retry_after(wait) == 10
+    assert limiter.acquire("b") == 0.0  # other clients are not affected
+    clock.now += 10.0
+    assert limiter.acquire("a") == 0.0
+    assert limiter.acquire("a") > 0
+    clock.now += 0.2
+    assert limiter.retry_after(limiter.acquire("a")) == 10  # refused attempts cost nothing
+    assert RateLimiter(0).acquire("x") == 0.0 and not RateLimiter(0).enabled
+
+
+def test_rate_limiter_memory_is_bounded():
+    clock = FakeClock()
+    limiter = RateLimiter(60, max_keys=100, clock=clock)
+    for i in range(10_000):
+        limiter.acquire(f"10.0.{i // 256}.{i % 256}")
+    assert len(limiter) <= 100
+    clock.now += 61.0  # every bucket refilled: nothing worth remembering
+    kept = len(limiter)
+    assert kept > 0 and limiter.prune() == kept and len(limiter) == 0
+
+
+def test_check_offer():
+    assert check_offer({"sdp": AUDIO_OFFER, "type": "offer"}) == AUDIO_OFFER
+    assert check_offer({"sdp": AUDIO_OFFER}) == AUDIO_OFFER
+    bad = [
+        None,
+        [],
+        "v=0",
+        {},
+        {"sdp": 5, "type": "offer"},
+        {"sdp": "", "type": "offer"},
+        {"sdp": AUDIO_OFFER, "type": "answer"},
+        {"sdp": "hello world", "type": "offer"},
+        {"sdp": VIDEO_ONLY_OFFER, "type": "offer"},
+        {"sdp": AUDIO_OFFER + "a=x\x00y\r\n", "type": "offer"},
+    ]
+    for payload in bad:
+        with pytest.raises(OfferError) as err:
+            check_offer(payload)
+        assert err.value.status == 400, payload
+    with pytest.raises(OfferError) as err:
+        check_offer({"sdp": AUDIO_OFFER + "a=x-pad:" + "p" * MAX_SDP_BYTES + "\r\n", "type": "offer"})
+    assert err.value.status == 413
+
+
+async def test_offer_precheck_over_http(make_client):
+    client = await make_client()
+    resp = await client.post("/offer", json={"sdp": VIDEO_ONLY_OFFER, "type": "offer"})
+    assert resp.status == 400 and "audio m-line" in (await resp.json())["error"]
+    resp = await client.post("/offer", data=b"{not json", headers={"Content-Type": "application/json"})
+    assert resp.status == 400
+    resp = await client.post("/offer", data=b"\xff\xfe\x00garbage")
+    assert resp.status == 400
+    big = {"sdp": AUDIO_OFFER + "a=x-pad:" + "p" * (MAX_SDP_BYTES + 10) + "\r\n", "type": "offer"}
+    resp = await client.post("/offer", json=big)
+    assert resp.status == 413 and resp.content_type == "application/json"
+    resp = await client.post("/offer", data=b"x" * (5 * MAX_SDP_BYTES))
+    assert resp.status == 413
+    text = await (await client.get("/metrics")).text()
+    assert 'avatar_http_rejected_total{reason="sdp"} 5.0' in text
+
+
+async def test_session_creation_rate_limit(make_client, test_config):
+    client = await make_client(_with(test_config, rate_limit_per_minute=3))
+    statuses = []
+    for _ in range(5):
+        resp = await client.post("/offer", json={"sdp": VIDEO_ONLY_OFFER, "type": "offer"})
+        statuses.append(resp.status)
+    assert statuses == [400, 400, 400, 429, 429]
+    assert int(resp.headers["Retry-After"]) >= 1
+    assert "too many" in (await resp.json())["error"]
+    # Other endpoints are not limited by it.
+    assert (await client.get("/healthz")).status == 200
+    text = await (await client.get("/metrics")).text()
+    assert 'avatar_http_rejected_total{reason="rate_limit"} 2.0' in text
