@@ -1,0 +1,554 @@
+"""Training targets: phone timings (and the audio) -> motion frames.
+
+Mouth (deterministic)
+    Each phone has a viseme: target values for the 14 ARKit mouth channels (:data:`VISEMES`).
+    Targets are blended over time with Cohen–Massaro dominance functions (Cohen & Massaro 1993,
+    "Modeling coarticulation in synthetic visual speech"): phone *i* has, per channel, a dominance
+    ``D_i(t) = alpha_i * exp(-(x_i(t))**c_i)`` where ``x_i`` is the distance of ``t`` from the
+    phone's segment (zero inside it), divided by ``tau_before`` before the onset and ``tau_after``
+    after the offset; alpha and the taus are per channel group (lip closure, jaw, rounding,
+    spreading). The channel value is the dominance-weighted mean of the targets.
+
+    ``tau_before`` is the anticipation: the dominance of a phone rises before its acoustic onset,
+    so the lips move before the sound (rounding starts 100-200 ms ahead, bilabial closure
+    30-60 ms ahead). Bilabials (p/b/m) are highly dominant on the lip-closure channels, so their
+    closure is always reached, even in fast speech (a 25 ms /p/ between vowels still closes at the
+    nearest 25 fps frame), while a sharp (Gaussian) cut-off keeps them from swallowing short
+    neighbouring vowels. Diphthongs are two targets (first half, second half). Values are
+    evaluated analytically at the frame times ``n / fps``, so any fps gives the same curve.
+
+Non-verbal (stochastic, deterministic given ``rng``)
+    * Blinks: a renewal process with gamma-distributed intervals (shape 3, mean ~3.6 s, clipped
+      to 1.2..8 s), plus a blink with probability 0.6 at each pause (phrase boundary) of at least
+      0.25 s; blinks closer than 0.8 s are merged. Each blink lasts 150-250 ms (fast close, short
+      hold, slower open), peaks at 0.9-1.0, and is on both eyes 90% of the time (otherwise
+      one eye at 30-60%).
+    * Head pose: an Ornstein–Uhlenbeck process per axis, mean-reverting to neutral (time constant
+      ~1.2-2 s, stationary std 1.0-1.8 degrees, 1.6x wider while speaking), plus nods: each
+      stressed vowel (a vowel whose energy is in the utterance's upper 40%, or the strongest in
+      a word-like stretch) gets a raised-cosine pitch bump of 0.8-2.5 degrees (positive pitch =
+      chin down) starting ~80 ms before its onset, lasting ~350 ms. Pitch accents (high F0 from a
+      cheap autocorrelation pitch tracker, z > 0.8 within the utterance) tilt the head up slightly.
+    * Brows: a small OU baseline (0..0.08) plus raises of 0.15-0.4 (browInnerUp, both outer) on
+      pitch accents and emphasised vowels, onset ~60 ms before the vowel.
+    * Silence still blinks and moves slightly (the OU process never stops), mouth channels are 0.
+
+All random draws come from child generators spawned from ``rng`` (one per component), and the
+noise is drawn on a fixed 100 Hz grid, so the same seed gives the same motion at 25 and 30 fps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import numpy as np
+
+from realtime.motion import CHANNEL_INDEX, MOUTH_CHANNELS, N_CHANNELS, clip_motion
+from realtime.phones import ARPABET, CLASSES, SILENCE, VOWELS
+
+PhoneSeq = Sequence[Sequence[object]]  # [[phone, start_s, end_s], ...] as in the corpus manifest
+
+N_MOUTH = len(MOUTH_CHANNELS)
+_REST_DOMINANCE = 1e-3  # a weak rest target everywhere, so far from any phone the mouth rests
+
+# --------------------------------------------------------------------------------------------------
+# Viseme table. Values per channel pair; left/right get the same value.
+
+
+def _viseme(
+    jaw: float = 0.0,
+    close: float = 0.0,
+    funnel: float = 0.0,
+    pucker: float = 0.0,
+    smile: float = 0.0,
+    stretch: float = 0.0,
+    upper: float = 0.0,
+    lower: float = 0.0,
+    press: float = 0.0,
+) -> tuple[float, ...]:
+    pairs = (smile, smile, stretch, stretch, upper, upper, lower, lower, press, press)
+    return (jaw, close, funnel, pucker, *pairs)
+
+
+VISEMES: dict[str, tuple[float, ...]] = {
+    SILENCE: _viseme(),
+    # bilabials: lips pressed together, jaw nearly closed
+    "p": _viseme(jaw=0.06, close=0.08, press=0.6),
+    "b": _viseme(jaw=0.06, close=0.08, press=0.45),
+    "m": _viseme(jaw=0.05, close=0.07, press=0.35),
+    # labiodentals: lower lip tucked to the upper teeth (upper lip raised, lower lip not lowered)
+    "f": _viseme(jaw=0.1, close=0.03, funnel=0.05, stretch=0.1, upper=0.25),
+    "v": _viseme(jaw=0.1, close=0.03, funnel=0.05, stretch=0.08, upper=0.22),
+    "th": _viseme(jaw=0.18, upper=0.1, lower=0.15, stretch=0.05),
+    "dh": _viseme(jaw=0.16, upper=0.1, lower=0.14, stretch=0.05),
+    "s": _viseme(jaw=0.08, smile=0.2, stretch=0.22, upper=0.15, lower=0.15),
+    "z": _viseme(jaw=0.08, smile=0.18, stretch=0.2, upper=0.14, lower=0.14),
+    "sh": _viseme(jaw=0.12, funnel=0.45, pucker=0.25, upper=0.25, lower=0.2),
+    "zh": _viseme(jaw=0.12, funnel=0.42, pucker=0.22, upper=0.22, lower=0.2),
+    "ch": _viseme(jaw=0.12, funnel=0.4, pucker=0.25, upper=0.2, lower=0.18),
+    "jh": _viseme(jaw=0.12, funnel=0.4, pucker=0.22, upper=0.2, lower=0.18),
+    "t": _viseme(jaw=0.14, stretch=0.1, upper=0.1, lower=0.12),
+    "d": _viseme(jaw=0.15, stretch=0.1, upper=0.1, lower=0.12),
+    "n": _viseme(jaw=0.13, stretch=0.08, upper=0.08, lower=0.1),
+    "l": _viseme(jaw=0.22, lower=0.12, upper=0.05),
+    "k": _viseme(jaw=0.2, lower=0.1, stretch=0.05),
+    "g": _viseme(jaw=0.2, lower=0.1, stretch=0.05),
+    "ng": _viseme(jaw=0.16, lower=0.08),
+    "hh": _viseme(jaw=0.3, lower=0.12),
+    "r": _viseme(jaw=0.15, funnel=0.3, pucker=0.3, upper=0.05),
+    "w": _viseme(jaw=0.08, funnel=0.35, pucker=0.85),
+    "y": _viseme(jaw=0.1, smile=0.3, stretch=0.25, lower=0.05),
+    # vowels
+    "aa": _viseme(jaw=0.65, lower=0.35, upper=0.15),
+    "ae": _viseme(jaw=0.5, smile=0.15, stretch=0.3, lower=0.35, upper=0.2),
+    "ah": _viseme(jaw=0.45, lower=0.25, upper=0.1),
+    "ao": _viseme(jaw=0.5, funnel=0.45, pucker=0.2, lower=0.25),
+    "eh": _viseme(jaw=0.35, smile=0.1, stretch=0.2, lower=0.25, upper=0.1),
+    "er": _viseme(jaw=0.2, funnel=0.35, pucker=0.3, lower=0.08),
+    "ih": _viseme(jaw=0.25, smile=0.25, stretch=0.2, lower=0.15),
+    "iy": _viseme(jaw=0.15, smile=0.45, stretch=0.35, lower=0.1, upper=0.1),
+    "uh": _viseme(jaw=0.25, funnel=0.35, pucker=0.4, lower=0.1),
+    "uw": _viseme(jaw=0.15, funnel=0.4, pucker=0.8),
+    "ow": _viseme(jaw=0.35, funnel=0.55, pucker=0.5, lower=0.15),
+}
+# Diphthongs: (first target, second target), each held for half of the segment.
+DIPHTHONGS: dict[str, tuple[str, str]] = {
+    "aw": ("aa", "uh"),
+    "ay": ("aa", "iy"),
+    "ey": ("eh", "iy"),
+    "ow": ("ao", "uw"),
+    "oy": ("ao", "iy"),
+}
+_DEFAULT_PHONE = "t"  # an unknown label gets a neutral, weakly dominant consonant shape
+
+# Channel groups for dominance: closure (lip aperture), jaw, rounding, spreading.
+_GROUP_OF_CHANNEL = np.array([1, 0, 2, 2, 3, 3, 3, 3, 0, 0, 0, 0, 0, 0])  # 0=lips 1=jaw 2=round 3=spread
+
+
+class _Dominance(NamedTuple):
+    """Cohen–Massaro parameters of one phone class, per channel group (lips, jaw, round, spread)."""
+
+    alpha: tuple[float, float, float, float]  # magnitude: who wins where phones overlap
+    tau_before: tuple[float, float, float, float]  # seconds: anticipation (rise before onset)
+    tau_after: tuple[float, float, float, float]  # seconds: carry-over (decay after offset)
+    power: float = 1.5  # >1: zero slope at the segment edge (smooth); larger = sharper cut-off
+
+
+def _dom(
+    alpha: tuple[float, float, float, float],
+    tau_b: float,
+    tau_a: float,
+    lips: tuple[float, float] | None = None,
+    rnd: tuple[float, float] | None = None,
+    power: float = 1.5,
+) -> _Dominance:
+    lb, la = lips or (tau_b, tau_a)
+    rb, ra = rnd or (tau_b, tau_a)
+    return _Dominance(alpha, (lb, tau_b, rb, tau_b), (la, tau_a, ra, tau_a), power)
+
+
+# Anticipation lives in tau_before: rounding starts ~100+ ms ahead, closure ~30-60 ms ahead.
+# Bilabials are strong on the closure channels with a sharp (power 2) cut-off, so they always close
+# but do not swallow a short neighbouring vowel; vowels hold the lip channels only loosely (short taus).
+_CLASS_DOMINANCE: dict[str, _Dominance] = {
+    "silence": _dom((0.6, 0.6, 0.6, 0.6), 0.03, 0.05),
+    "bilabial": _dom((12.0, 5.0, 0.3, 0.4), 0.022, 0.015, power=2.0),
+    "labiodental": _dom((5.0, 3.0, 0.5, 0.5), 0.025, 0.02, power=2.0),
+    "dental": _dom((1.5, 1.5, 0.3, 0.4), 0.025, 0.02),
+    "alveolar": _dom((0.5, 1.2, 0.2, 0.4), 0.025, 0.02),
+    "postalveolar": _dom((1.0, 1.0, 2.0, 0.5), 0.04, 0.03, rnd=(0.06, 0.04)),
+    "velar": _dom((0.3, 0.8, 0.2, 0.3), 0.025, 0.02),
+    "glottal": _dom((0.1, 0.1, 0.1, 0.1), 0.02, 0.02),
+    "r": _dom((0.6, 0.6, 1.5, 0.5), 0.04, 0.03, rnd=(0.06, 0.04)),
+    "w": _dom((1.2, 0.8, 4.0, 2.0), 0.04, 0.03, rnd=(0.08, 0.04)),
+    "y": _dom((0.6, 0.6, 0.5, 1.5), 0.03, 0.03),
+    "vowel": _dom((1.0, 1.0, 1.0, 1.0), 0.04, 0.04, lips=(0.02, 0.02)),
+    "rounded_vowel": _dom((1.0, 1.0, 3.0, 1.5), 0.04, 0.04, lips=(0.02, 0.02), rnd=(0.08, 0.05)),
+}
+
+
+def _dominance_class(phone: str) -> str:
+    if phone == SILENCE:
+        return "silence"
+    if phone in ("r", "w", "y"):
+        return phone
+    if phone in CLASSES["vowel"]:
+        return "rounded_vowel" if phone in ("uw", "uh", "ow", "ao", "oy", "er") else "vowel"
+    for name in ("bilabial", "labiodental", "dental", "alveolar", "postalveolar", "velar", "glottal"):
+        if phone in CLASSES[name]:
+            return name
+    return "alveolar"
+
+
+def normalize(label: object) -> str:
+    """An inventory phone for a label: stress digits and case dropped, aliases mapped, unknown -> 't'."""
+    key = str(label).strip().lower().rstrip("0123456789")
+    if key in VISEMES or key in DIPHTHONGS:
+        return key
+    return ARPABET.get(key, SILENCE if key == "" else _DEFAULT_PHONE)
+
+
+# --------------------------------------------------------------------------------------------------
+# Mouth targets
+
+
+def _parse_phones(phones: PhoneSeq | None) -> list[tuple[str, float, float]]:
+    """Validated ``(phone, start, end)`` triples, sorted by start."""
+    if phones is None:
+        return []
+    out: list[tuple[str, float, float]] = []
+    for i, item in enumerate(phones):
+        try:
+            label, start, end = item[0], float(item[1]), float(item[2])  # type: ignore[arg-type]
+        except (TypeError, ValueError, IndexError) as exc:
+            raise ValueError(f"phone {i} must be [phone, start_s, end_s], got {item!r}") from exc
+        if not (np.isfinite(start) and np.isfinite(end)):
+            raise ValueError(f"phone {i} has a non-finite time: {item!r}")
+        if end < start:
+            raise ValueError(f"phone {i} ends before it starts: {item!r}")
+        out.append((normalize(label), start, end))
+    out.sort(key=lambda p: p[1])
+    return out
+
+
+def _check_frames(n_frames: int, fps: float) -> None:
+    if int(n_frames) != n_frames or n_frames < 0:
+        raise ValueError(f"n_frames must be a non-negative integer, got {n_frames!r}")
+    if not (np.isfinite(fps) and fps > 0):
+        raise ValueError(f"fps must be positive, got {fps!r}")
+
+
+def _segments(parsed: list[tuple[str, float, float]]) -> tuple[np.ndarray, ...]:
+    """Per target segment: start, end, targets, alpha, tau_before, tau_after (all (m, 14)), power (m,)."""
+    starts, ends, targets, alphas, tbs, tas, powers = [], [], [], [], [], [], []
+    for phone, start, end in parsed:
+        cls = _dominance_class(phone)
+        dom = _CLASS_DOMINANCE[cls]
+        parts = [(phone, start, end)]
+        if phone in DIPHTHONGS:
+            mid = 0.5 * (start + end)
+            first, second = DIPHTHONGS[phone]
+            parts = [(first, start, mid), (second, mid, end)]
+        for target, s, e in parts:
+            starts.append(s)
+            ends.append(e)
+            targets.append(VISEMES[target])
+            alphas.append(np.asarray(dom.alpha)[_GROUP_OF_CHANNEL])
+            tbs.append(np.asarray(dom.tau_before)[_GROUP_OF_CHANNEL])
+            tas.append(np.asarray(dom.tau_after)[_GROUP_OF_CHANNEL])
+            powers.append(dom.power)
+    if not starts:
+        empty = np.zeros((0, N_MOUTH))
+        return np.zeros(0), np.zeros(0), empty, empty, empty, empty, np.zeros(0)
+    return (
+        np.asarray(starts),
+        np.asarray(ends),
+        np.asarray(targets, dtype=np.float64),
+        np.asarray(alphas, dtype=np.float64),
+        np.asarray(tbs),
+        np.asarray(tas),
+        np.asarray(powers),
+    )
+
+
+def mouth_curves(phones: PhoneSeq | None, times: np.ndarray) -> np.ndarray:
+    """The 14 mouth channels at arbitrary times (seconds) -> (len(times), 14) float64."""
+    times = np.asarray(times, dtype=np.float64).reshape(-1)
+    out = np.zeros((times.size, N_MOUTH))
+    segs = _segments(_parse_phones(phones))
+    starts, ends = segs[0], segs[1]
+    if times.size == 0 or starts.size == 0:
+        return out
+    # Only segments near the requested times matter (dominance is ~0 beyond ~0.5 s).
+    keep = (ends > times.min() - 0.6) & (starts < times.max() + 0.6)
+    starts, ends, targets, alphas, tbs, tas, powers = (a[keep] for a in segs)
+    if starts.size == 0:
+        return out
+    t = times[:, None, None]
+    before = np.maximum(starts[None, :, None] - t, 0.0) / tbs[None]  # (n, m, 14)
+    after = np.maximum(t - ends[None, :, None], 0.0) / tas[None]
+    dom = alphas[None] * np.exp(-((before + after) ** powers[None, :, None]))  # (n, m, 14)
+    num = np.einsum("nmc,mc->nc", dom, targets)
+    den = dom.sum(axis=1) + _REST_DOMINANCE
+    return num / den
+
+
+def frame_times(n_frames: int, fps: float) -> np.ndarray:
+    """Audio time shown by each frame: frame n shows t = n / fps."""
+    return np.arange(int(n_frames), dtype=np.float64) / float(fps)
+
+
+def mouth_targets(phones: PhoneSeq | None, n_frames: int, fps: float) -> np.ndarray:
+    """Mouth channels from phone timings -> (n_frames, N_CHANNELS) float32; non-mouth channels 0."""
+    _check_frames(n_frames, fps)
+    out = np.zeros((int(n_frames), N_CHANNELS), dtype=np.float32)
+    out[:, :N_MOUTH] = np.clip(mouth_curves(phones, frame_times(n_frames, fps)), 0.0, 1.0)
+    return out
+
+
+def mouth_aperture(motion: np.ndarray) -> np.ndarray:
+    """Scalar lip opening (0 closed .. ~1 wide) per frame from the mouth channels -> (n,) float32.
+
+    Jaw opening minus the lip-closing compensation (ARKit ``mouthClose``), plus the lip raisers and
+    lowerers, minus lip press. Bilabials give ~0, open vowels ~0.7.
+    """
+    m = np.asarray(motion, dtype=np.float32)
+    if m.ndim == 1:
+        m = m[None, :]
+    if m.ndim != 2 or m.shape[1] < N_MOUTH:
+        raise ValueError(f"motion must be (n, {N_CHANNELS}) or ({N_CHANNELS},), got shape {m.shape}")
+    c = CHANNEL_INDEX
+    jaw = m[:, c["jawOpen"]]
+    close = m[:, c["mouthClose"]]
+    upper = 0.5 * (m[:, c["mouthUpperUpLeft"]] + m[:, c["mouthUpperUpRight"]])
+    lower = 0.5 * (m[:, c["mouthLowerDownLeft"]] + m[:, c["mouthLowerDownRight"]])
+    press = 0.5 * (m[:, c["mouthPressLeft"]] + m[:, c["mouthPressRight"]])
+    ap = jaw - close + 0.3 * lower + 0.2 * upper - 0.3 * press
+    return np.clip(np.nan_to_num(ap), 0.0, 1.0).astype(np.float32)
+
+
+# --------------------------------------------------------------------------------------------------
+# Non-verbal motion
+
+_GRID_HZ = 100.0  # noise and audio features live on this fixed grid, independent of fps
+_HOP = 160  # 10 ms at 16 kHz
+
+
+def _raised_cosine(t: np.ndarray, onset: float, length: float) -> np.ndarray:
+    u = (t - onset) / length
+    return np.where((u > 0) & (u < 1), 0.5 - 0.5 * np.cos(2 * np.pi * np.clip(u, 0, 1)), 0.0)
+
+
+def _blink_shape(t: np.ndarray, onset: float, length: float) -> np.ndarray:
+    """Fast close (30%), hold (15%), slower open (55%); peak 1."""
+    u = (t - onset) / length
+    close = np.clip(u / 0.3, 0, 1)
+    opening = np.clip((1.0 - u) / 0.55, 0, 1)
+    y = np.minimum(close, opening)
+    y = np.where((u > 0) & (u < 1), y, 0.0)
+    return 0.5 - 0.5 * np.cos(np.pi * y)  # smooth ease in/out
+
+
+def _audio_features(pcm: np.ndarray | None, sample_rate: int, n_grid: int) -> tuple[np.ndarray, np.ndarray]:
+    """RMS energy (dB, on the 100 Hz grid) and a cheap F0 proxy (Hz, 0 = unvoiced)."""
+    energy = np.full(n_grid, -100.0)
+    f0 = np.zeros(n_grid)
+    if pcm is None:
+        return energy, f0
+    x = np.nan_to_num(np.asarray(pcm, dtype=np.float64).reshape(-1))
+    if x.size == 0:
+        return energy, f0
+    if sample_rate != 16000:
+        n_out = int(round(x.size * 16000 / sample_rate))
+        x = np.interp(np.linspace(0, x.size - 1, max(n_out, 1)), np.arange(x.size), x)
+    win = 640  # 40 ms analysis window centred on each grid point
+    pad = np.pad(x, (win // 2, win))
+    n = min(n_grid, max(0, (pad.size - win) // _HOP + 1))
+    if n == 0:
+        return energy, f0
+    idx = np.arange(n)[:, None] * _HOP + np.arange(win)[None, :]
+    frames = pad[idx] * np.hanning(win)
+    rms = np.sqrt((frames**2).mean(axis=1) + 1e-12)
+    energy[:n] = 20 * np.log10(rms + 1e-9)
+    # Autocorrelation pitch in 70..400 Hz on the windowed frames (FFT), voiced where peak is clear.
+    spec = np.fft.rfft(frames, n=1024, axis=1)  # >= win + max lag: no circular wrap-around
+    ac = np.fft.irfft(np.abs(spec) ** 2, axis=1)[:, :win]
+    lo, hi = 16000 // 400, 16000 // 70
+    lag = lo + np.argmax(ac[:, lo:hi], axis=1)
+    peak = ac[np.arange(n), lag] / (ac[:, 0] + 1e-12)
+    voiced = (peak > 0.45) & (energy[:n] > energy[:n].max() - 35)
+    f0[:n] = np.where(voiced, 16000.0 / lag, 0.0)
+    return energy, f0
+
+
+def _ou(rng: np.random.Generator, n: int, dt: float, tau: float, std: np.ndarray) -> np.ndarray:
+    """Smooth Ornstein–Uhlenbeck path anchored at 0: time constant tau, stationary std ``std``.
+
+    A plain OU path is as rough as Brownian motion at short scales (head jitter); it is low-passed
+    once more (time constant ``tau / 5``) and renormalised, which keeps the mean reversion.
+    """
+    a, b = np.exp(-dt / tau), np.exp(-dt / (0.2 * tau))
+    # Start in the stationary state: warm up over ~4 tau of extra noise.
+    warm = int(4 * tau / dt)
+    noise = rng.standard_normal(n + warm)
+    x = np.empty(n + warm)
+    p = q = 0.0
+    for i in range(n + warm):  # 100 Hz, cheap; vectorised filtering would need scipy
+        p = a * p + noise[i]
+        q = b * q + (1 - b) * p
+        x[i] = q
+    # Stationary variance of the cascade for unit noise, from its impulse response.
+    k = np.arange(warm + 1)
+    h = (1 - b) * (a ** (k + 1) - b ** (k + 1)) / (a - b)
+    return x[warm:] * std / np.sqrt((h * h).sum())
+
+
+def _speech_mask(parsed: list[tuple[str, float, float]], grid: np.ndarray, energy: np.ndarray) -> np.ndarray:
+    if parsed:
+        mask = np.zeros(grid.size, dtype=bool)
+        for phone, s, e in parsed:
+            if phone != SILENCE:
+                mask |= (grid >= s) & (grid < e)
+        return mask
+    if energy.max() <= -99:
+        return np.zeros(grid.size, dtype=bool)
+    return energy > max(energy.max() - 30.0, -55.0)
+
+
+def _pauses(speech: np.ndarray, grid: np.ndarray, min_len: float = 0.25) -> list[float]:
+    """Start times of non-speech stretches of at least ``min_len`` that follow speech."""
+    out: list[float] = []
+    edges = np.flatnonzero(np.diff(speech.astype(np.int8)) == -1) + 1  # speech -> silence
+    for i in edges:
+        j = i
+        while j < speech.size and not speech[j]:
+            j += 1
+        if grid[min(j, grid.size - 1)] - grid[i] >= min_len or j >= speech.size:
+            out.append(float(grid[i]))
+    return out
+
+
+def nonverbal_targets(
+    phones: PhoneSeq | None,
+    pcm: np.ndarray | None,
+    sample_rate: int,
+    n_frames: int,
+    fps: float,
+    rng: np.random.Generator | int | None,
+) -> np.ndarray:
+    """Blinks, brows and head pose -> (n_frames, N_CHANNELS) float32; mouth channels 0.
+
+    See the module docstring for the stochastic model. ``pcm`` may be None (no audio features).
+    """
+    _check_frames(n_frames, fps)
+    if pcm is not None and (not isinstance(sample_rate, int | np.integer) or sample_rate <= 0):
+        raise ValueError(f"sample_rate must be a positive integer, got {sample_rate!r}")
+    gen = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
+    # One child stream per component, so how much one draws never shifts another (fps-independence).
+    r_blink, r_pause, r_shape, r_pitch, r_yaw, r_roll, r_nod, r_brow, r_brow_ev = gen.spawn(9)
+    parsed = _parse_phones(phones)
+    n = int(n_frames)
+    out = np.zeros((n, N_CHANNELS), dtype=np.float32)
+    if n == 0:
+        return out
+    duration = n / float(fps)
+    dt = 1.0 / _GRID_HZ
+    n_grid = int(np.ceil(duration * _GRID_HZ)) + 2
+    grid = np.arange(n_grid) * dt
+    t = frame_times(n, fps)
+    energy, f0 = _audio_features(pcm, int(sample_rate), n_grid)
+    speech = _speech_mask(parsed, grid, energy)
+
+    # --- blinks: gamma renewal process + blinks at pauses
+    onsets: list[float] = []
+    clock = -float(r_blink.uniform(0.0, 3.0))  # random phase: the first blink is not always at 3 s
+    while True:
+        clock += float(np.clip(r_blink.gamma(3.0, 1.2), 1.2, 8.0))
+        if clock > duration:
+            break
+        onsets.append(clock)
+    for start in _pauses(speech, grid):
+        if r_pause.uniform() < 0.6:
+            onsets.append(start + float(r_pause.uniform(0.03, 0.15)))
+    onsets.sort()
+    merged: list[float] = []
+    for o in onsets:
+        if not merged or o - merged[-1] >= 0.8:
+            merged.append(o)
+    left = np.zeros(n)
+    right = np.zeros(n)
+    for o in merged:
+        length = float(r_shape.uniform(0.15, 0.25))
+        amp = float(r_shape.uniform(0.9, 1.0))
+        shape = _blink_shape(t, o, length) * amp
+        if r_shape.uniform() < 0.9:
+            left_amp = right_amp = 1.0
+        else:  # a one-sided (or uneven) blink
+            weak = float(r_shape.uniform(0.3, 0.6))
+            left_amp, right_amp = (1.0, weak) if r_shape.uniform() < 0.5 else (weak, 1.0)
+        left = np.maximum(left, shape * left_amp)
+        right = np.maximum(right, shape * right_amp)
+    out[:, CHANNEL_INDEX["eyeBlinkLeft"]] = left
+    out[:, CHANNEL_INDEX["eyeBlinkRight"]] = right
+
+    # --- stressed vowels and pitch accents (events that drive nods and brows)
+    voiced_f0 = f0[f0 > 0]
+    f0_z = np.zeros(n_grid)
+    if voiced_f0.size > 10:
+        logf = np.log(np.maximum(f0, 1.0))
+        mu, sd = np.log(voiced_f0).mean(), np.log(voiced_f0).std() + 1e-3
+        f0_z = np.where(f0 > 0, (logf - mu) / sd, 0.0)
+    vowels = [(s, e) for p, s, e in parsed if p in VOWELS and e > s]
+    if not vowels and speech.any():
+        # No phone timings: energy peaks during speech stand in for vowel nuclei.
+        sm = np.convolve(energy, np.ones(9) / 9, mode="same")
+        peaks = np.flatnonzero((sm[1:-1] > sm[:-2]) & (sm[1:-1] >= sm[2:]) & speech[1:-1]) + 1
+        last = -1.0
+        for p in peaks:
+            if grid[p] - last > 0.2:
+                vowels.append((float(grid[p]) - 0.05, float(grid[p]) + 0.05))
+                last = float(grid[p])
+    stress: list[tuple[float, float, float]] = []  # (onset, strength 0..1, pitch z)
+    if vowels:
+        e_vals = np.array(
+            [energy[(grid >= s) & (grid < max(e, s + dt))].max(initial=-100.0) for s, e in vowels]
+        )
+        z_vals = np.array([f0_z[(grid >= s) & (grid < max(e, s + dt))].max(initial=0.0) for s, e in vowels])
+        durs = np.array([e - s for s, e in vowels])
+        if pcm is None:  # no audio: duration is the only stress cue
+            e_vals = durs * 100
+        score = e_vals + 20.0 * np.clip(durs - 0.08, 0.0, 0.2)
+        thresh = np.quantile(score, 0.6)
+        for (s, _), sc, z in zip(vowels, score, z_vals, strict=True):
+            if sc >= thresh:
+                strength = float(np.clip((sc - thresh) / 6.0 + 0.5, 0.3, 1.0))
+                stress.append((s, strength, float(z)))
+
+    # --- head: OU anchored to neutral + nods on stressed vowels + up-tilt on pitch accents
+    # Ease the speaking gain over 0.5 s; edge padding keeps the start independent of the length.
+    speaking = np.convolve(np.pad(speech.astype(np.float64), 25, mode="edge"), np.ones(51) / 51, "valid")
+    gain = 1.0 + 0.6 * speaking
+    pitch = _ou(r_pitch, n_grid, dt, 1.5, 1.2 * gain)
+    yaw = _ou(r_yaw, n_grid, dt, 2.0, 1.8 * gain)
+    roll = _ou(r_roll, n_grid, dt, 1.2, 1.0 * gain)
+    for onset, strength, z in stress:
+        amp_u, length_u, turn = r_nod.uniform(size=3)  # fixed draws per event
+        amp = (0.8 + 1.7 * amp_u) * strength
+        pitch += amp * _raised_cosine(grid, onset - 0.08, 0.3 + 0.12 * length_u)
+        if z > 0.8:  # pitch accent: head up a little, slight turn
+            pitch -= 0.6 * amp * _raised_cosine(grid, onset - 0.05, 0.5)
+            yaw += 1.2 * (turn - 0.5) * _raised_cosine(grid, onset - 0.05, 0.5)
+    out[:, CHANNEL_INDEX["headPitch"]] = np.interp(t, grid, pitch)
+    out[:, CHANNEL_INDEX["headYaw"]] = np.interp(t, grid, yaw)
+    out[:, CHANNEL_INDEX["headRoll"]] = np.interp(t, grid, roll)
+
+    # --- brows: small slow baseline + raises on pitch accents / emphasis
+    base = np.clip(0.03 + _ou(r_brow, n_grid, dt, 2.5, np.full(n_grid, 0.025)), 0.0, 0.08)
+    inner = base.copy()
+    outer = base.copy()
+    for onset, strength, z in stress:
+        u, amp, length, outer_share = r_brow_ev.uniform(size=4)  # fixed draws per event
+        if z > 0.8 or (strength > 0.8 and u < 0.5):
+            amp = (0.15 + 0.25 * amp) * min(1.0, 0.6 + 0.3 * max(z, 0.0))
+            bump = amp * _raised_cosine(grid, onset - 0.06, 0.35 + 0.25 * length)
+            inner += bump
+            outer += bump * (0.6 + 0.4 * outer_share)
+    out[:, CHANNEL_INDEX["browInnerUp"]] = np.interp(t, grid, inner)
+    out[:, CHANNEL_INDEX["browOuterUpLeft"]] = np.interp(t, grid, outer)
+    out[:, CHANNEL_INDEX["browOuterUpRight"]] = np.interp(t, grid, outer)
+    return clip_motion(out)
+
+
+def motion_targets(
+    phones: PhoneSeq | None,
+    pcm: np.ndarray | None,
+    sample_rate: int,
+    n_frames: int,
+    fps: float,
+    rng: np.random.Generator | int | None,
+) -> np.ndarray:
+    """Full motion targets: :func:`mouth_targets` plus :func:`nonverbal_targets` -> (n_frames, N_CHANNELS)."""
+    out = nonverbal_targets(phones, pcm, sample_rate, n_frames, fps, rng)
+    out[:, :N_MOUTH] = mouth_targets(phones, n_frames, fps)[:, :N_MOUTH]
+    return out
