@@ -1,0 +1,290 @@
+"""The outgoing WebRTC tracks: lip-synced video and the delayed voice, on one playout clock.
+
+Both tracks are paced by a :class:`PlayoutClock`: timeline time ``s`` (seconds of input
+audio) leaves the server at wall time ``t0 + delay + s``. Video frame *n* shows audio
+time *n / fps*; audio frame *k* carries timeline samples ``[960 k, 960 (k + 1))`` at
+48 kHz. So lips and voice leave together by construction and their offset cannot drift.
+
+``recv()`` is the only thing aiortc calls. It never raises on a late frame: the video
+track repeats the last frame and counts a drop; the audio track sends what it has
+(silence where the input has not arrived).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fractions
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from av import AudioFrame, VideoFrame
+
+log = logging.getLogger(__name__)
+
+VIDEO_CLOCK = 90000
+VIDEO_TIME_BASE = fractions.Fraction(1, VIDEO_CLOCK)
+AUDIO_RATE = 48000
+AUDIO_TIME_BASE = fractions.Fraction(1, AUDIO_RATE)
+AUDIO_SAMPLES = 960  # 20 ms at 48 kHz
+# If a track's consumer falls this many frame periods behind the clock, jump to now
+# instead of bursting old frames out (pipecat-style drift reset).
+MAX_BEHIND_PERIODS = 3
+
+
+@dataclass
+class PlayoutClock:
+    """Wall time (``time.monotonic``) at which timeline time ``s`` is sent: ``t0 + delay + s``."""
+
+    t0: float
+    delay: float
+
+    def wall(self, s: float) -> float:
+        return self.t0 + self.delay + s
+
+    def timeline(self, wall: float) -> float:
+        return wall - self.t0 - self.delay
+
+
+def video_pts(n: int, fps: int) -> int:
+    """90 kHz pts of frame ``n`` (exact for 25 and 30 fps)."""
+    return n * VIDEO_CLOCK // fps
+
+
+@dataclass(slots=True)
+class ReadyFrame:
+    """A rendered frame waiting for its send time."""
+
+    index: int
+    frame: VideoFrame
+    payload: dict | None = None  # the per-frame motion message for the data channel
+
+
+class FrameBuffer:
+    """Rendered frames by index, bounded; the video track takes them in order."""
+
+    def __init__(self, capacity: int = 50) -> None:
+        self._frames: OrderedDict[int, ReadyFrame] = OrderedDict()
+        self._capacity = capacity
+        self._event = asyncio.Event()
+        self.consumed = -1  # highest index the track has asked for
+        self.overflow = 0
+
+    def put(self, item: ReadyFrame) -> None:
+        if item.index <= self.consumed:
+            return  # too late: the track already moved past it
+        self._frames[item.index] = item
+        while len(self._frames) > self._capacity:
+            self._frames.popitem(last=False)
+            self.overflow += 1
+        self._event.set()
+
+    def take(self, n: int) -> ReadyFrame | None:
+        """Frame ``n`` if ready; frames before it are discarded."""
+        self.consumed = max(self.consumed, n)
+        while self._frames:
+            first = next(iter(self._frames))
+            if first >= n:
+                break
+            self._frames.popitem(last=False)
+        return self._frames.pop(n, None)
+
+    def newest_index(self) -> int:
+        return next(reversed(self._frames)) if self._frames else -1
+
+    async def wait_for_new(self, seconds: float) -> None:
+        """Wait until a frame is added or ``seconds`` pass."""
+        self._event.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._event.wait(), seconds)
+
+
+class SampleRing:
+    """48 kHz samples by absolute timeline position, bounded; unknown positions read as zeros."""
+
+    def __init__(self, seconds: float = 8.0) -> None:
+        self._cap = int(seconds * AUDIO_RATE)
+        self._buf = np.zeros(self._cap, np.float32)
+        self.end = 0  # one past the highest position written
+
+    def write(self, pos: int, x: np.ndarray) -> None:
+        if len(x) == 0:
+            return
+        if len(x) > self._cap:
+            pos, x = pos + len(x) - self._cap, x[-self._cap :]
+        if pos > self.end:  # a skipped span must not replay stale samples
+            self._clear(self.end, pos)
+        i = pos % self._cap
+        first = min(len(x), self._cap - i)
+        self._buf[i : i + first] = x[:first]
+        self._buf[: len(x) - first] = x[first:]
+        self.end = max(self.end, pos + len(x))
+
+    def _clear(self, lo: int, hi: int) -> None:
+        lo = max(lo, hi - self._cap)
+        for a in range(lo, hi, self._cap):
+            b = min(hi, a + self._cap)
+            i, n = a % self._cap, b - a
+            first = min(n, self._cap - i)
+            self._buf[i : i + first] = 0.0
+            self._buf[: n - first] = 0.0
+
+    def read(self, pos: int, n: int) -> tuple[np.ndarray, int]:
+        """``n`` samples from ``pos`` and how many of them had been written (the rest are zeros)."""
+        out = np.zeros(n, np.float32)
+        lo, hi = max(pos, self.end - self._cap), min(pos + n, self.end)
+        if hi <= lo:
+            return out, 0
+        i, m = lo % self._cap, hi - lo
+        first = min(m, self._cap - i)
+        out[lo - pos : lo - pos + first] = self._buf[i : i + first]
+        out[lo - pos + first : hi - pos] = self._buf[: m - first]
+        return out, m
+
+
+class AvatarVideoTrack(MediaStreamTrack):
+    """The avatar video: frame n (pts n*90000/fps) leaves at ``clock.wall(n / fps)``.
+
+    ``placeholder`` is shown until the first rendered frame exists (never black).
+    ``on_sent(index, ready_frame, repeated)`` is called for every frame handed to aiortc.
+    """
+
+    kind = "video"
+
+    def __init__(
+        self,
+        clock: PlayoutClock,
+        fps: int,
+        frames: FrameBuffer,
+        placeholder: VideoFrame,
+        *,
+        grace: float | None = None,
+        on_sent: Callable[[int, ReadyFrame | None, bool], None] | None = None,
+    ) -> None:
+        super().__init__()
+        self.clock = clock
+        self.fps = fps
+        self.frames = frames
+        self._last = placeholder
+        self._grace = (0.4 / fps) if grace is None else grace
+        self._on_sent = on_sent
+        self._next: int | None = None
+        self.sent = 0
+        self.dropped = 0
+        self.repeats_before_first = 0
+        self.first_sent_at: float | None = None
+        self._have_real = False
+
+    async def recv(self) -> VideoFrame:
+        if self.readyState != "live":
+            raise MediaStreamError
+        try:
+            return await self._recv()
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # never let an error freeze the video: repeat the last frame
+            log.exception("video track: error producing a frame; repeating the last one")
+            self.dropped += 1
+            return self._last
+
+    async def _recv(self) -> VideoFrame:
+        now = time.monotonic()
+        at_now = int(np.floor(self.clock.timeline(now) * self.fps))
+        if self._next is None:
+            n = max(0, at_now)
+        else:
+            n = self._next
+            if at_now - n > MAX_BEHIND_PERIODS:
+                # the encoder or loop fell behind: skip ahead rather than burst stale frames
+                skipped = at_now - n
+                self.dropped += skipped
+                n = at_now
+                if self._on_sent is not None:
+                    for _ in range(skipped):
+                        self._on_sent(-1, None, True)
+        self._next = n + 1
+        target = self.clock.wall(n / self.fps)
+        wait = target - time.monotonic()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        ready = self.frames.take(n)
+        if ready is None:
+            deadline = target + self._grace
+            while ready is None and (left := deadline - time.monotonic()) > 0:
+                await self.frames.wait_for_new(left)
+                ready = self.frames.take(n)
+        repeated = ready is None
+        if ready is not None:
+            frame = ready.frame
+            self._last = frame
+            self._have_real = True
+        else:
+            frame = self._last
+            if self._have_real:
+                self.dropped += 1
+            else:
+                self.repeats_before_first += 1
+        frame.pts = video_pts(n, self.fps)
+        frame.time_base = VIDEO_TIME_BASE
+        self.sent += 1
+        if self.first_sent_at is None:
+            self.first_sent_at = time.monotonic()
+        if self._on_sent is not None:
+            self._on_sent(n, ready, repeated and self._have_real)
+        return frame
+
+
+class AvatarAudioTrack(MediaStreamTrack):
+    """The input voice, delayed to leave with the lips: 48 kHz mono, 20 ms frames, pts from the timeline."""
+
+    kind = "audio"
+
+    def __init__(self, clock: PlayoutClock, ring: SampleRing) -> None:
+        super().__init__()
+        self.clock = clock
+        self.ring = ring
+        self._next: int | None = None
+        self.sent = 0
+        self.underruns = 0  # frames sent with samples that had not arrived in time
+
+    async def recv(self) -> AudioFrame:
+        if self.readyState != "live":
+            raise MediaStreamError
+        try:
+            return await self._recv()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("audio track: error producing a frame; sending silence")
+            return self._frame(np.zeros(AUDIO_SAMPLES, np.float32), self._next or 0)
+
+    async def _recv(self) -> AudioFrame:
+        dur = AUDIO_SAMPLES / AUDIO_RATE
+        at_now = int(np.floor(self.clock.timeline(time.monotonic()) / dur))
+        if self._next is None or at_now - self._next > MAX_BEHIND_PERIODS:
+            k = max(0, at_now)
+        else:
+            k = self._next
+        self._next = k + 1
+        wait = self.clock.wall(k * dur) - time.monotonic()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        pcm, got = self.ring.read(k * AUDIO_SAMPLES, AUDIO_SAMPLES)
+        if got < AUDIO_SAMPLES and self.ring.end > 0:
+            self.underruns += 1
+        self.sent += 1
+        return self._frame(pcm, k)
+
+    @staticmethod
+    def _frame(pcm: np.ndarray, k: int) -> AudioFrame:
+        s16 = (np.clip(pcm, -1.0, 1.0) * 32767.0).astype(np.int16).reshape(1, -1)
+        frame = AudioFrame.from_ndarray(s16, format="s16", layout="mono")
+        frame.sample_rate = AUDIO_RATE
+        frame.pts = k * AUDIO_SAMPLES
+        frame.time_base = AUDIO_TIME_BASE
+        return frame
