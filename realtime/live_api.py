@@ -1,9 +1,275 @@
-"""WebRTC signaling and session endpoints (owned by the live-session work)."""
+"""WebRTC signaling and the live-session endpoints.
+
+``POST /offer`` answers a peer's SDP offer and starts a :class:`~realtime.session.LiveSession`;
+``GET/DELETE /sessions[/{id}]`` inspect and end sessions; ``POST /api/avatars`` registers a
+portrait. Sessions live in the app (``SESSIONS_KEY``) and are closed on shutdown.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import json
+import logging
+import uuid
+from typing import Any
+
 from aiohttp import web
+from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
+
+from realtime.logs import session_logger
+from realtime.motion import neutral
+from realtime.session import LiveSession, ParamError, SessionParams
+
+log = logging.getLogger(__name__)
+
+
+class SessionRegistry:
+    """Open sessions plus the slots reserved by offers still being answered."""
+
+    def __init__(self) -> None:
+        self.sessions: dict[str, LiveSession] = {}
+        self.pending = 0
+
+    def __len__(self) -> int:
+        return len(self.sessions) + self.pending
+
+
+SESSIONS_KEY = web.AppKey("live_sessions", SessionRegistry)
+RETRY_AFTER_S = 5
+# aiortc's audio jitter buffer holds 4 packets (80 ms) before it releases one; 1 packet
+# (20 ms) is enough on the networks a live avatar is used on and saves 60 ms of latency.
+AUDIO_PREFETCH = 1
+
+
+def _error(status: int, message: str, **extra: Any) -> web.Response:
+    headers = {"Retry-After": str(RETRY_AFTER_S)} if status == 503 else None
+    return web.json_response({"success": False, "error": message, **extra}, status=status, headers=headers)
+
+
+def ice_configuration(servers: tuple[dict[str, Any], ...]) -> RTCConfiguration:
+    """The configured ICE servers; an empty list (never None: aiortc would add Google STUN)."""
+    ice = []
+    for s in servers:
+        urls = s.get("urls") or s.get("url")
+        ice.append(RTCIceServer(urls=urls, username=s.get("username"), credential=s.get("credential")))
+    return RTCConfiguration(iceServers=ice)
+
+
+def _tune_audio_jitter(pc: RTCPeerConnection) -> None:
+    """Shorten the audio receive jitter buffer (see ``AUDIO_PREFETCH``); harmless if aiortc changes."""
+    try:
+        from aiortc.jitterbuffer import JitterBuffer
+
+        for t in pc.getTransceivers():
+            if t.kind == "audio" and hasattr(t.receiver, "_RTCRtpReceiver__jitter_buffer"):
+                t.receiver._RTCRtpReceiver__jitter_buffer = JitterBuffer(capacity=16, prefetch=AUDIO_PREFETCH)
+    except Exception:  # pragma: no cover - an aiortc without this private attribute
+        log.debug("could not tune the audio jitter buffer", exc_info=True)
+
+
+async def offer(request: web.Request) -> web.Response:
+    """Answer a WebRTC offer: ``{sdp, type, avatar?, params?}`` -> ``{sdp, type, session_id}``."""
+    from realtime import ops
+    from realtime.app import CONFIG_KEY, ENGINE_KEY, METRICS_KEY
+
+    config, engine, metrics = request.app[CONFIG_KEY], request.app[ENGINE_KEY], request.app[METRICS_KEY]
+    registry = request.app[SESSIONS_KEY]
+    try:
+        payload = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return _error(400, 'body must be JSON: {"sdp": ..., "type": "offer"}')
+    try:
+        sdp = ops.check_offer(payload)
+    except ops.OfferError as exc:
+        return _error(exc.status, str(exc))
+    try:
+        params = SessionParams.from_request(payload.get("params"), config.live, avatar=payload.get("avatar"))
+    except ParamError as exc:
+        return _error(400, str(exc))
+    if len(registry) >= config.server.max_sessions:
+        metrics.http_rejected.labels(reason="sessions_full").inc()
+        return _error(503, f"server full: {config.server.max_sessions} live sessions are open; retry later")
+
+    registry.pending += 1
+    pc: RTCPeerConnection | None = None
+    try:
+        loop = asyncio.get_running_loop()
+        try:
+            bundle = await loop.run_in_executor(engine.executor, engine.avatar, params.avatar)
+        except KeyError:
+            return _error(
+                400, f"unknown avatar {params.avatar!r}: use 'default' or a key from POST /api/avatars"
+            )
+        renderer = await loop.run_in_executor(engine.executor, engine.renderer, bundle, params.resolution)
+        placeholder = await loop.run_in_executor(engine.executor, renderer.render, neutral())
+
+        pc = RTCPeerConnection(ice_configuration(config.server.ice_servers))
+        session_id = uuid.uuid4().hex[:12]
+        slog = session_logger(log, session_id)
+
+        async def forget(s: LiveSession) -> None:
+            if registry.sessions.pop(s.id, None) is not None:
+                metrics.sessions_active.dec()
+                metrics.sessions_total.labels(outcome=s.outcome).inc()
+                slog.info("session closed (%s): %s", s.outcome, s.close_reason)
+
+        session = LiveSession(
+            pc,
+            engine,
+            metrics,
+            params,
+            renderer,
+            config.server,
+            placeholder,
+            session_id=session_id,
+            on_closed=forget,
+        )
+        pc.on("track", session.add_input)
+        pc.on("datachannel", session.add_channel)
+        try:
+            await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
+        except Exception as exc:  # aiortc raises ValueError/KeyError/... on SDP it cannot use
+            return _error(400, f"cannot use this SDP offer: {exc or type(exc).__name__}")
+        kinds = {t.kind for t in pc.getTransceivers()}
+        if "audio" not in kinds:
+            return _error(400, "the offer has no audio m-line: the avatar is driven by your audio track")
+        _tune_audio_jitter(pc)
+        pc.addTrack(session.audio)
+        if "video" in kinds:
+            pc.addTrack(session.video)
+        else:
+            slog.info("offer has no video m-line: motion goes out on the data channel only")
+        try:
+            answer = await pc.createAnswer()
+            await pc.setLocalDescription(answer)
+        except Exception as exc:
+            return _error(400, f"cannot answer this SDP offer: {exc or type(exc).__name__}")
+        registry.sessions[session.id] = session
+        metrics.sessions_active.inc()
+        session.start()
+        pc = None  # owned by the session now
+        slog.info(
+            "session started: avatar=%s %dx%d@%dfps delay=%.0f ms",
+            params.avatar,
+            *renderer.size,
+            params.fps,
+            session.delay * 1000,
+        )
+        local = session.pc.localDescription
+        return web.json_response({"sdp": local.sdp, "type": local.type, "session_id": session.id})
+    finally:
+        registry.pending -= 1
+        if pc is not None:
+            await pc.close()
+
+
+def _session(request: web.Request) -> LiveSession:
+    sid = request.match_info["session_id"]
+    session = request.app[SESSIONS_KEY].sessions.get(sid)
+    if session is None:
+        raise web.HTTPNotFound(text=f"no live session {sid!r}")
+    return session
+
+
+async def list_sessions(request: web.Request) -> web.Response:
+    """All open sessions."""
+    from realtime.app import CONFIG_KEY
+
+    registry = request.app[SESSIONS_KEY]
+    return web.json_response(
+        {
+            "sessions": [s.info() for s in registry.sessions.values()],
+            "max_sessions": request.app[CONFIG_KEY].server.max_sessions,
+        }
+    )
+
+
+async def get_session(request: web.Request) -> web.Response:
+    """One session's state and counters."""
+    return web.json_response(_session(request).info())
+
+
+async def delete_session(request: web.Request) -> web.Response:
+    """Close a session and free everything it holds."""
+    session = _session(request)
+    session.outcome = "deleted"
+    await session.aclose("deleted by the client")
+    return web.json_response({"session_id": session.id, "closed": True})
+
+
+async def upload_avatar(request: web.Request) -> web.Response:
+    """Register a portrait: multipart ``image`` [+ ``expand_ratio``] -> ``{avatar: key, ...}``."""
+    from realtime.app import CONFIG_KEY, ENGINE_KEY
+
+    config, engine = request.app[CONFIG_KEY], request.app[ENGINE_KEY]
+    if not request.content_type.startswith("multipart/"):
+        return _error(
+            400, "send multipart/form-data with an 'image' file field (and optionally 'expand_ratio')"
+        )
+    limit = config.avatars.max_image_bytes
+    image: bytes | None = None
+    expand_ratio = 0.15
+    try:
+        reader = await request.multipart()
+        async for part in reader:
+            if part.name == "image":
+                data = bytearray()
+                while chunk := await part.read_chunk(65536):
+                    data += chunk
+                    if len(data) > limit:
+                        return _error(413, f"image larger than {limit} bytes")
+                image = bytes(data)
+            elif part.name == "expand_ratio":
+                text = (await part.text()).strip()
+                try:
+                    expand_ratio = float(text)
+                except ValueError:
+                    return _error(400, f"'expand_ratio' must be a number, got {text[:32]!r}")
+                if not 0.0 <= expand_ratio <= 1.0:
+                    return _error(400, "'expand_ratio' must be in 0..1")
+            else:
+                await part.release()
+    except (ValueError, AssertionError) as exc:
+        return _error(400, f"malformed multipart body: {exc}")
+    if not image:
+        return _error(400, "missing 'image' file field")
+    from realtime.avatar import AvatarError
+
+    loop = asyncio.get_running_loop()
+    try:
+        bundle = await loop.run_in_executor(
+            engine.executor, lambda: engine.register(image, expand_ratio=expand_ratio)
+        )
+    except AvatarError as exc:
+        status = 413 if exc.code == "image_too_large" else 400
+        return _error(status, str(exc), code=exc.code)
+    h, w = bundle.image.shape[:2]
+    return web.json_response(
+        {
+            "success": True,
+            "avatar": bundle.key,
+            "width": int(w),
+            "height": int(h),
+            "expand_ratio": expand_ratio,
+        }
+    )
+
+
+async def close_all(app: web.Application) -> None:
+    """``on_shutdown``: close every peer connection."""
+    registry = app[SESSIONS_KEY]
+    sessions = list(registry.sessions.values())
+    for s in sessions:
+        s.outcome = "shutdown"
+    await asyncio.gather(*(s.aclose("server shutting down") for s in sessions), return_exceptions=True)
 
 
 def setup_live(app: web.Application) -> None:
-    """Register ``POST /offer`` and the session endpoints."""
+    """Register ``POST /offer``, the session endpoints and avatar upload; close sessions on shutdown."""
+    app[SESSIONS_KEY] = SessionRegistry()
+    app.router.add_post("/offer", offer)
+    app.router.add_get("/sessions", list_sessions)
+    app.router.add_get("/sessions/{session_id}", get_session)
+    app.router.add_delete("/sessions/{session_id}", delete_session)
+    app.router.add_post("/api/avatars", upload_avatar)
+    app.on_shutdown.append(close_all)

@@ -1,0 +1,548 @@
+"""One live session: the wiring and lifecycle of one peer.
+
+Audio from the peer goes through :class:`~realtime.ingest.AudioIngest` (timeline at
+16 kHz), :class:`~realtime.vad.VoiceActivity` (silence -> zeros), the per-session
+``MotionStream`` and the shared ``PortraitRenderer`` (both on ``engine.executor``), into
+the :class:`~realtime.tracks.FrameBuffer` that the video track sends from. The voice
+goes into a :class:`~realtime.tracks.SampleRing` that the audio track replays on the
+same playout clock.
+
+The session owns every task it starts; :meth:`LiveSession.aclose` cancels and awaits all
+of them and closes the peer connection. It closes itself when the peer closes or fails,
+never connects, vanishes (no RTP/RTCP/data-channel traffic for ``vanish_timeout``) or
+sends no media for the idle timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import math
+import time
+import uuid
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from aiortc import RTCPeerConnection
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from av import VideoFrame
+
+from realtime.config import LiveConfig, ServerConfig
+from realtime.ingest import RATE, AudioChunk, AudioIngest
+from realtime.logs import bind_session, session_logger
+from realtime.motion import CHANNELS, MotionFrame
+from realtime.tracks import (
+    AvatarAudioTrack,
+    AvatarVideoTrack,
+    FrameBuffer,
+    PlayoutClock,
+    ReadyFrame,
+    SampleRing,
+)
+from realtime.vad import VoiceActivity
+
+if TYPE_CHECKING:
+    from realtime.engine import Engine
+    from realtime.metrics import Metrics
+    from realtime.renderer import PortraitRenderer
+
+log = logging.getLogger(__name__)
+
+# A peer that sends nothing (no RTP, no RTCP, no data-channel message) this long is gone.
+VANISH_TIMEOUT = 5.0
+# Input stalls longer than this are filled with silence on the wall clock (idle avatar).
+STALL = 0.08
+# How much of the stall the silence leaves unfilled, so resumed speech lands close to now.
+FILL_KEEP = 0.02
+# Time allowed for the model + render of a chunk beyond the model's algorithmic latency.
+COMPUTE_MARGIN = 0.06
+_AUDIO_QUEUE = 256  # 20 ms chunks: about 5 s of backlog before audio is dropped
+
+
+class ParamError(ValueError):
+    """A session parameter is out of range or of the wrong type."""
+
+
+@dataclass(frozen=True)
+class SessionParams:
+    """Per-session settings; ``from_request`` validates a client's ``params`` object."""
+
+    avatar: str = "default"
+    fps: int = 25
+    resolution: int = 512
+    inference_steps: int = 4
+    dynamic_scale: float = 1.0
+    motion_scale: float = 1.0
+    smooth_motion: float = 0.0
+    align_mouth: float = 0.0
+    seed: int = 0
+
+    @classmethod
+    def defaults(cls, live: LiveConfig) -> SessionParams:
+        return cls(
+            avatar=live.avatar,
+            fps=live.fps,
+            resolution=live.resolution,
+            inference_steps=live.inference_steps,
+            dynamic_scale=live.dynamic_scale,
+            motion_scale=live.motion_scale,
+            smooth_motion=live.smooth_motion,
+            align_mouth=live.align_mouth,
+        )
+
+    @classmethod
+    def from_request(cls, raw: Any, live: LiveConfig, avatar: Any = None) -> SessionParams:
+        """Validate ``params`` (a JSON object or None) over the config defaults; raises ParamError."""
+        base = asdict(cls.defaults(live))
+        if raw is None:
+            raw = {}
+        if not isinstance(raw, Mapping):
+            raise ParamError("'params' must be a JSON object")
+        if avatar is not None:
+            raw = {**raw, "avatar": avatar}
+        unknown = sorted(set(raw) - set(base))
+        if unknown:
+            raise ParamError(f"unknown parameter(s): {', '.join(unknown)}; known: {', '.join(sorted(base))}")
+        values = dict(base)
+        for key, value in raw.items():
+            values[key] = _check(key, value)
+        return cls(**values)
+
+
+_RANGES: dict[str, tuple[float, float]] = {
+    "resolution": (256, 1024),
+    "inference_steps": (1, 8),
+    "dynamic_scale": (0.0, 2.0),
+    "motion_scale": (0.0, 2.0),
+    "smooth_motion": (0.0, 1.0),
+    "align_mouth": (-200.0, 200.0),
+    "seed": (0, 2**31 - 1),
+}
+
+
+def _check(key: str, value: Any) -> Any:
+    if key == "avatar":
+        if not isinstance(value, str) or not value or len(value) > 128:
+            raise ParamError("'avatar' must be 'default' or a key returned by POST /api/avatars")
+        return value
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ParamError(f"'{key}' must be a number")
+    if key == "fps":
+        if value not in (25, 30):
+            raise ParamError("'fps' must be 25 or 30")
+        return int(value)
+    lo, hi = _RANGES[key]
+    if key in ("resolution", "inference_steps", "seed"):
+        if int(value) != value:
+            raise ParamError(f"'{key}' must be an integer")
+        value = int(value)
+    if not lo <= value <= hi:
+        unit = " ms" if key == "align_mouth" else ""
+        raise ParamError(f"'{key}' must be in {lo:g}..{hi:g}{unit}, got {value:g}")
+    return (
+        value if isinstance(value, int) and key in ("resolution", "inference_steps", "seed") else float(value)
+    )
+
+
+@dataclass
+class SessionStats:
+    """Counters a session reports in ``GET /sessions/{id}``."""
+
+    created: float = field(default_factory=time.time)
+    audio_frames_in: int = 0
+    speech_frames: int = 0
+    silence_filled_s: float = 0.0
+    audio_dropped_chunks: int = 0
+    frames_rendered: int = 0
+    frames_skipped_late: int = 0
+    latencies: deque = field(default_factory=lambda: deque(maxlen=500))
+
+
+class LiveSession:
+    """A peer connection, its pipeline tasks and its outgoing tracks."""
+
+    def __init__(
+        self,
+        pc: RTCPeerConnection,
+        engine: Engine,
+        metrics: Metrics,
+        params: SessionParams,
+        renderer: PortraitRenderer,
+        server: ServerConfig,
+        placeholder: np.ndarray,
+        *,
+        session_id: str | None = None,
+        on_closed: Callable[[LiveSession], Awaitable[None] | None] | None = None,
+        vanish_timeout: float = VANISH_TIMEOUT,
+    ) -> None:
+        from realtime.generator import MotionControls, MotionStream
+
+        self.id = session_id or uuid.uuid4().hex[:12]
+        self.pc = pc
+        self.engine = engine
+        self.metrics = metrics
+        self.params = params
+        self.renderer = renderer
+        self.server = server
+        self.vanish_timeout = vanish_timeout
+        self._on_closed = on_closed
+        self.log = session_logger(log, self.id)
+        controls = MotionControls(
+            inference_steps=params.inference_steps,
+            dynamic_scale=params.dynamic_scale,
+            motion_scale=params.motion_scale,
+            smooth_motion=params.smooth_motion,
+            align_mouth=params.align_mouth,
+            seed=params.seed,
+        ).validated()
+        self.stream = MotionStream(engine.motion_model, fps=params.fps, controls=controls)
+        self.fps = params.fps
+        self.delay = float(self.stream.latency_ms) / 1000.0 + STALL + COMPUTE_MARGIN
+        self.clock = PlayoutClock(t0=time.monotonic(), delay=self.delay)
+        self.ingest = AudioIngest()
+        self.vad = VoiceActivity()
+        self.frames = FrameBuffer(capacity=max(25, int(2.0 * params.fps)))
+        self.ring = SampleRing()
+        self.stats = SessionStats()
+        self.state = "new"
+        self.close_reason: str | None = None
+        self.outcome = "closed"  # metrics label: closed, failed, connect_timeout, vanished, idle, error, ...
+        self.channels: list[Any] = []
+        self._audio_q: asyncio.Queue[AudioChunk] = asyncio.Queue(maxsize=_AUDIO_QUEUE)
+        self._arrivals: deque[tuple[int, float]] = deque(maxlen=512)  # (chunk end clock, arrival wall)
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._closing: asyncio.Task[None] | None = None
+        self._closed = asyncio.Event()
+        self._last_real_audio = 0.0
+        self._last_media = time.monotonic()
+        self._last_seen = time.monotonic()
+        self._connected_at: float | None = None
+        self._answered_at: float | None = None
+        self._frame_bytes = 0
+        # the rest pose, rendered by the caller off the event loop, shows until the first frame
+        self.video = AvatarVideoTrack(
+            self.clock, self.fps, self.frames, self._to_video_frame(placeholder), on_sent=self._on_frame_sent
+        )
+        self.audio = AvatarAudioTrack(self.clock, self.ring)
+
+    # -- wiring ---------------------------------------------------------------
+    def start(self) -> None:
+        """Start the pipeline tasks (call once the answer is ready) and the lifecycle watchdog."""
+        self._answered_at = time.monotonic()
+        self.clock.t0 = time.monotonic()
+        self.state = "connecting"
+        self._spawn(self._pump(), "pump")
+        self._spawn(self._infer(), "infer")
+        self._spawn(self._watchdog(), "watchdog")
+
+        @self.pc.on("connectionstatechange")
+        async def _on_state() -> None:
+            st = self.pc.connectionState
+            self.log.info("connection state %s", st)
+            if st == "connected" and self._connected_at is None:
+                self._connected_at = time.monotonic()
+                self._last_seen = time.monotonic()
+                self._last_media = time.monotonic()
+                self.state = "connected"
+            elif st in ("failed", "closed"):
+                self.close_soon(f"peer connection {st}", "failed" if st == "failed" else "closed")
+
+    def add_input(self, track: MediaStreamTrack) -> None:
+        """Consume an incoming track: audio feeds the pipeline; anything else is drained."""
+        self.log.info("incoming %s track", track.kind)
+        if track.kind == "audio":
+            self._spawn(self._consume_audio(track), f"in-{track.kind}")
+        else:
+            self._spawn(self._drain(track), f"in-{track.kind}")
+
+    def add_channel(self, channel: Any) -> None:
+        """A data channel from the client: motion goes out on it, any message is a heartbeat."""
+        self.channels.append(channel)
+        self.log.info("data channel %r", channel.label)
+
+        @channel.on("message")
+        def _on_message(message: Any) -> None:
+            self._last_seen = time.monotonic()
+            if isinstance(message, str) and message.startswith("{"):
+                with contextlib.suppress(ValueError):
+                    msg = json.loads(message)
+                    if isinstance(msg, dict) and msg.get("type") == "ping":
+                        self._send(
+                            channel, {"type": "pong", "t": msg.get("t"), "latency": self.latency_p50()}
+                        )
+
+        @channel.on("close")
+        def _on_close() -> None:
+            if channel in self.channels:
+                self.channels.remove(channel)
+
+    def _spawn(self, coro: Awaitable[Any], name: str) -> None:
+        task = asyncio.ensure_future(self._guard(coro, name))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _guard(self, coro: Awaitable[Any], name: str) -> None:
+        bind_session(self.id)
+        try:
+            await coro
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            self.log.exception("task %s failed; closing the session", name)
+            self.close_soon(f"internal error in {name}", "error")
+
+    # -- audio in -------------------------------------------------------------
+    async def _consume_audio(self, track: MediaStreamTrack) -> None:
+        while True:
+            try:
+                frame = await track.recv()
+            except MediaStreamError:
+                self.log.info("incoming audio ended")
+                return
+            now = time.monotonic()
+            self._last_media = self._last_seen = self._last_real_audio = now
+            self.stats.audio_frames_in += 1
+            try:
+                chunks = self.ingest.push_frame(frame)
+            except Exception:  # a malformed frame must not end the session
+                self.log.exception("could not ingest an audio frame")
+                continue
+            for chunk in chunks:
+                self._on_audio(chunk, now)
+
+    async def _drain(self, track: MediaStreamTrack) -> None:
+        with contextlib.suppress(MediaStreamError):
+            while True:
+                await track.recv()
+                self._last_seen = time.monotonic()
+
+    def _on_audio(self, chunk: AudioChunk, arrival: float) -> None:
+        self.ring.write(chunk.start * 3, chunk.pcm48)
+        gated, speech = self.vad.process(chunk.pcm) if chunk.real else (chunk.pcm, False)
+        if chunk.real:
+            self._arrivals.append((chunk.end, arrival))
+            if speech:
+                self.stats.speech_frames += 1
+        else:
+            self.stats.silence_filled_s += len(chunk.pcm) / RATE
+        try:
+            self._audio_q.put_nowait(AudioChunk(chunk.start, gated, chunk.pcm48, chunk.real))
+        except asyncio.QueueFull:
+            # the model is hopelessly behind: dropping keeps memory bounded; video repeats frames
+            self.stats.audio_dropped_chunks += 1
+            if self.stats.audio_dropped_chunks % 50 == 1:
+                self.log.warning(
+                    "inference backlog full; dropping audio (%d chunks)", self.stats.audio_dropped_chunks
+                )
+
+    async def _pump(self) -> None:
+        """Keep the timeline on the wall clock: fill input stalls with silence (idle motion)."""
+        while True:
+            await asyncio.sleep(0.02)
+            now = time.monotonic()
+            if now - self._last_real_audio < STALL:
+                continue
+            target = int((now - self.clock.t0 - FILL_KEEP) * RATE)
+            missing = target - self.ingest.clock
+            if missing > 0:
+                for chunk in self.ingest.push_silence(missing):
+                    self._on_audio(chunk, now)
+
+    # -- model + render -------------------------------------------------------
+    async def _infer(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            first = await self._audio_q.get()
+            parts = [first.pcm]
+            while not self._audio_q.empty():
+                parts.append(self._audio_q.get_nowait().pcm)
+            pcm = np.concatenate(parts) if len(parts) > 1 else parts[0]
+            ready = await loop.run_in_executor(self.engine.executor, self._compute, pcm)
+            for item in ready:
+                self.frames.put(item)
+
+    def _compute(self, pcm: np.ndarray) -> list[ReadyFrame]:
+        """Executor side: motion for the new audio, then render the frames that can still be on time."""
+        t = time.perf_counter()
+        motions: list[MotionFrame] = self.stream.push(pcm, RATE)
+        if motions:
+            self.metrics.model_seconds.observe(time.perf_counter() - t)
+        out: list[ReadyFrame] = []
+        now = time.monotonic()
+        started = self.video.first_sent_at is not None
+        for i, m in enumerate(motions):
+            due = self.clock.wall(m.index / self.fps)
+            late = due < now - 0.5 / self.fps
+            # before the peer is watching only the newest frame matters (it becomes the first one)
+            if late or (not started and i < len(motions) - 1):
+                self.stats.frames_skipped_late += 1
+                continue
+            t = time.perf_counter()
+            rgb = self.renderer.render(m.values)
+            frame = self._to_video_frame(rgb)
+            self.metrics.render_seconds.observe(time.perf_counter() - t)
+            self.stats.frames_rendered += 1
+            payload = {
+                "frame": m.index,
+                "t": round(m.index / self.fps, 4),
+                "speech": bool(m.speech),
+                "channels": m.to_dict(),
+            }
+            out.append(ReadyFrame(m.index, frame, payload))
+        return out
+
+    @staticmethod
+    def _to_video_frame(rgb: np.ndarray) -> VideoFrame:
+        # convert to the encoder's format here, on the executor, not in aiortc's encode thread
+        return VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24").reformat(format="yuv420p")
+
+    # -- video out ------------------------------------------------------------
+    def _on_frame_sent(self, n: int, ready: ReadyFrame | None, dropped: bool) -> None:
+        self.metrics.frames_sent.inc()
+        if dropped:
+            self.metrics.frames_dropped.inc()
+        if ready is None or n < 0:
+            return
+        latency = self._latency_of(n)
+        if latency is not None:
+            self.stats.latencies.append(latency)
+            self.metrics.audio_to_mouth_seconds.observe(latency)
+        if self.channels and ready.payload is not None:
+            msg = {**ready.payload, "latency": None if latency is None else round(latency, 4)}
+            for ch in list(self.channels):
+                self._send(ch, msg)
+
+    def _latency_of(self, n: int) -> float | None:
+        """Wall time from the arrival of frame n's audio sample to now (only for real audio)."""
+        pos = int(n * RATE / self.fps)
+        for end, arrival in self._arrivals:
+            if end > pos:
+                if end - pos > 0.1 * RATE:
+                    return None  # the sample was silence the session filled in, not peer audio
+                return time.monotonic() - arrival
+        return None
+
+    def latency_p50(self) -> float | None:
+        if not self.stats.latencies:
+            return None
+        return round(float(np.median(self.stats.latencies)), 4)
+
+    def _send(self, channel: Any, msg: dict) -> None:
+        if getattr(channel, "readyState", "") != "open":
+            return
+        # a slow consumer must not grow SCTP buffers without bound: skip when backed up
+        if getattr(channel, "bufferedAmount", 0) > 256 * 1024:
+            return
+        with contextlib.suppress(Exception):
+            channel.send(json.dumps(msg, separators=(",", ":")))
+
+    # -- lifecycle ------------------------------------------------------------
+    async def _watchdog(self) -> None:
+        idle = self.server.session_idle_timeout
+        while True:
+            await asyncio.sleep(0.25)
+            now = time.monotonic()
+            if self._connected_at is None:
+                if now - (self._answered_at or now) > self.server.connect_timeout:
+                    self.close_soon("ICE did not connect in time", "connect_timeout")
+                    return
+                continue
+            await self._refresh_rtcp_seen()
+            if now - self._last_seen > self.vanish_timeout:
+                self.close_soon(f"peer vanished (nothing received for {self.vanish_timeout:g} s)", "vanished")
+                return
+            if idle > 0 and now - self._last_media > idle:
+                self.close_soon(f"no media for {idle:g} s", "idle")
+                return
+
+    async def _refresh_rtcp_seen(self) -> None:
+        """Receiver reports for our tracks prove the peer is alive even when it sends no audio."""
+        for sender in self.pc.getSenders():
+            with contextlib.suppress(Exception):
+                report = await sender.getStats()
+                for stat in report.values():
+                    if getattr(stat, "type", "") == "remote-inbound-rtp":
+                        seen = stat.timestamp.timestamp()
+                        age = time.time() - seen
+                        self._last_seen = max(self._last_seen, time.monotonic() - age)
+
+    def close_soon(self, reason: str, outcome: str | None = None) -> None:
+        """Start closing (idempotent, safe from callbacks)."""
+        if self._closing is None and self.state not in ("closing", "closed"):
+            self.close_reason = reason
+            if outcome is not None:
+                self.outcome = outcome
+            self._closing = asyncio.ensure_future(self.aclose(reason))
+
+    async def aclose(self, reason: str = "closed") -> None:
+        """Cancel and await every task, stop the tracks and close the peer connection."""
+        if self.state == "closed":
+            await self._closed.wait()
+            return
+        if self.state == "closing":
+            await self._closed.wait()
+            return
+        self.state = "closing"
+        self.close_reason = self.close_reason or reason
+        self.log.info("closing: %s", self.close_reason)
+        current = asyncio.current_task()
+        tasks = [t for t in self._tasks if t is not current]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self.video.stop()
+        self.audio.stop()
+        with contextlib.suppress(Exception):
+            await self.pc.close()
+        self.state = "closed"
+        self._closed.set()
+        if self._on_closed is not None:
+            result = self._on_closed(self)
+            if asyncio.iscoroutine(result):
+                await result
+
+    # -- reporting ------------------------------------------------------------
+    def info(self) -> dict[str, Any]:
+        """A JSON-able summary for the session endpoints."""
+        now = time.monotonic()
+        lat = np.array(self.stats.latencies) if self.stats.latencies else None
+        first = (
+            None
+            if self.video.first_sent_at is None or self._answered_at is None
+            else round(self.video.first_sent_at - self._answered_at, 4)
+        )
+        return {
+            "session_id": self.id,
+            "state": self.state,
+            "connection": self.pc.connectionState,
+            "close_reason": self.close_reason,
+            "params": asdict(self.params),
+            "size": list(self.renderer.size),
+            "created": self.stats.created,
+            "age_s": round(now - (self._answered_at or now), 3),
+            "pipeline_delay_ms": round(self.delay * 1000, 1),
+            "model_latency_ms": float(self.stream.latency_ms),
+            "first_frame_s": first,
+            "frames_sent": self.video.sent,
+            "frames_dropped": self.video.dropped,
+            "frames_rendered": self.stats.frames_rendered,
+            "audio_frames_in": self.stats.audio_frames_in,
+            "audio_frames_out": self.audio.sent,
+            "speech_frames": self.stats.speech_frames,
+            "silence_filled_s": round(self.stats.silence_filled_s, 3),
+            "audio_dropped_chunks": self.stats.audio_dropped_chunks,
+            "rtp_gaps_filled_s": round(self.ingest.gaps_filled / RATE, 3),
+            "latency_ms": None
+            if lat is None
+            else {
+                "p50": round(float(np.percentile(lat, 50)) * 1000, 1),
+                "p95": round(float(np.percentile(lat, 95)) * 1000, 1),
+            },
+            "data_channels": [getattr(c, "label", "") for c in self.channels],
+            "channels": list(CHANNELS),
+        }

@@ -1,0 +1,150 @@
+"""Session parameters and the tracks' pacing, pts and repeat-on-late logic."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import numpy as np
+import pytest
+from av import VideoFrame
+
+from realtime.config import LiveConfig
+from realtime.session import ParamError, SessionParams
+from realtime.tracks import (
+    AUDIO_SAMPLES,
+    AvatarAudioTrack,
+    AvatarVideoTrack,
+    FrameBuffer,
+    PlayoutClock,
+    ReadyFrame,
+    SampleRing,
+    video_pts,
+)
+
+
+def test_params_defaults_and_overrides() -> None:
+    p = SessionParams.from_request(None, LiveConfig())
+    assert p.fps == 25 and p.resolution == 512 and p.avatar == "default"
+    p = SessionParams.from_request(
+        {"fps": 30, "dynamic_scale": 1.5, "align_mouth": -120}, LiveConfig(), avatar="k"
+    )
+    assert (p.fps, p.dynamic_scale, p.align_mouth, p.avatar) == (30, 1.5, -120.0, "k")
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ([], "must be a JSON object"),
+        ({"fps": 24}, "'fps' must be 25 or 30"),
+        ({"fps": "25"}, "'fps' must be a number"),
+        ({"resolution": 100}, "'resolution' must be in 256..1024"),
+        ({"resolution": 512.5}, "'resolution' must be an integer"),
+        ({"inference_steps": 9}, "'inference_steps' must be in 1..8"),
+        ({"dynamic_scale": -0.1}, "'dynamic_scale' must be in 0..2"),
+        ({"motion_scale": float("nan")}, "'motion_scale' must be a number"),
+        ({"smooth_motion": 2}, "'smooth_motion' must be in 0..1"),
+        ({"align_mouth": 250}, "'align_mouth' must be in -200..200 ms"),
+        ({"dynamic_scale": True}, "'dynamic_scale' must be a number"),
+        ({"volume": 3}, "unknown parameter"),
+        ({"avatar": 5}, "'avatar' must be"),
+    ],
+)
+def test_params_rejected_with_clear_messages(raw: object, message: str) -> None:
+    with pytest.raises(ParamError, match=message.replace("(", r"\(").replace(".", r"\.")):
+        SessionParams.from_request(raw, LiveConfig())
+
+
+def test_video_pts_is_exact_90khz() -> None:
+    assert [video_pts(n, 25) for n in range(3)] == [0, 3600, 7200]
+    assert video_pts(30 * 3600, 30) == 3600 * 90000  # an hour in, no rounding drift
+
+
+def test_sample_ring_positions_wrap_and_gaps() -> None:
+    ring = SampleRing(seconds=0.1)  # 4800 samples
+    x = np.arange(3000, dtype=np.float32)
+    ring.write(0, x)
+    got, n = ring.read(1000, 500)
+    assert n == 500 and np.array_equal(got, x[1000:1500])
+    ring.write(3000, x)  # wraps; positions 0..1199 are overwritten
+    got, n = ring.read(5000, 1000)
+    assert n == 1000 and np.array_equal(got, x[2000:3000])
+    got, n = ring.read(0, 100)
+    assert n == 0 and not got.any()  # too old: zeros, not stale samples
+    ring.write(8000, np.ones(10, np.float32))  # a skipped span reads as silence
+    got, n = ring.read(6000, 2000)
+    assert not got.any()
+    got, n = ring.read(7990, 20)
+    assert n == 20 and got[:10].sum() == 0 and got[10:].sum() == 10
+
+
+def _frame(value: int) -> VideoFrame:
+    return VideoFrame.from_ndarray(np.full((16, 16, 3), value, np.uint8), format="rgb24")
+
+
+def test_frame_buffer_order_bounds_and_late_frames() -> None:
+    buf = FrameBuffer(capacity=3)
+    for i in range(5):
+        buf.put(ReadyFrame(i, _frame(i)))
+    assert buf.overflow == 2 and buf.newest_index() == 4
+    assert buf.take(1) is None  # evicted
+    assert buf.take(3).index == 3
+    buf.put(ReadyFrame(2, _frame(2)))  # arrives after the track moved on: ignored
+    assert buf.take(2) is None
+    assert buf.take(4).index == 4
+
+
+async def test_video_track_paces_repeats_late_frames_and_counts_drops() -> None:
+    fps = 25
+    clock = PlayoutClock(t0=time.monotonic(), delay=0.05)
+    buf = FrameBuffer()
+    sent: list[tuple[int, bool]] = []
+    track = AvatarVideoTrack(
+        clock, fps, buf, _frame(7), grace=0.0, on_sent=lambda n, r, d: sent.append((n, d))
+    )
+    # nothing rendered yet: the placeholder goes out, no drop counted (start-up)
+    f0 = await track.recv()
+    assert f0.pts == 0 and track.dropped == 0 and track.repeats_before_first == 1
+    for i in range(1, 4):
+        buf.put(ReadyFrame(i, _frame(10 * i)))
+    t_start = time.monotonic()
+    frames = [await track.recv() for _ in range(3)]
+    assert [f.pts for f in frames] == [3600, 7200, 10800]
+    assert [int(f.to_ndarray(format="rgb24")[0, 0, 0]) for f in frames] == [10, 20, 30]
+    # frames leave on the clock, one period apart (allow generous scheduling slack)
+    assert time.monotonic() - t_start >= 2.5 / fps
+    late = await track.recv()  # frame 4 never rendered: repeat frame 3, count a drop
+    assert late.pts == 4 * 3600 and int(late.to_ndarray(format="rgb24")[0, 0, 0]) == 30
+    assert track.dropped == 1 and sent[-1] == (4, True)
+    track.stop()
+
+
+async def test_video_track_never_raises_on_errors() -> None:
+    clock = PlayoutClock(t0=time.monotonic(), delay=0.0)
+
+    class Broken(FrameBuffer):
+        def take(self, n: int) -> ReadyFrame | None:
+            raise RuntimeError("boom")
+
+    track = AvatarVideoTrack(clock, 25, Broken(), _frame(3))
+    frame = await track.recv()
+    assert int(frame.to_ndarray(format="rgb24")[0, 0, 0]) == 3 and track.dropped == 1
+    track.stop()
+
+
+async def test_audio_track_replays_ring_on_the_same_clock() -> None:
+    clock = PlayoutClock(t0=time.monotonic(), delay=0.03)
+    ring = SampleRing()
+    x = (np.sin(np.arange(48000) / 10.0) * 0.5).astype(np.float32)
+    ring.write(0, x)
+    track = AvatarAudioTrack(clock, ring)
+    t = time.monotonic()
+    frames = [await track.recv() for _ in range(5)]
+    assert time.monotonic() - t >= 0.03 + 0.06  # the delay, then 20 ms per frame
+    assert [f.pts for f in frames] == [k * AUDIO_SAMPLES for k in range(5)]
+    got = np.concatenate([f.to_ndarray().reshape(-1) for f in frames]).astype(np.float32) / 32767.0
+    assert np.allclose(got, x[: 5 * AUDIO_SAMPLES], atol=1e-3)
+    assert frames[0].sample_rate == 48000 and len(frames[0].layout.channels) == 1
+    track.stop()
+    with pytest.raises(Exception):  # noqa: B017 - aiortc's MediaStreamError once stopped
+        await asyncio.wait_for(track.recv(), 1)
