@@ -224,7 +224,8 @@ class JobQueue:
             job._touch()
 
             def progress(fraction: float, stage: str, job: Job = job) -> None:
-                loop.call_soon_threadsafe(self._progress, job, fraction, stage)
+                with contextlib.suppress(RuntimeError):  # the loop closed under a cancelled job
+                    loop.call_soon_threadsafe(self._progress, job, fraction, stage)
 
             body, job.body = job.body, None
             assert body is not None
