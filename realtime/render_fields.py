@@ -1,0 +1,447 @@
+"""What each motion control does to a face: mesh displacements and dense warp fields.
+
+Registration-time geometry for the renderer. The mesh is the 468 face-mesh landmarks
+plus a few extra vertices: a "split" line through the middle of the mouth (upper
+and lower copies, so the lips can part), a ring of still anchors around the head and
+the border of the animated region. Every field is a forward displacement of those
+vertices at full strength; the dense *backward* field (what the renderer samples) is
+the piecewise-linear interpolation of ``-displacement`` over the *deformed* mesh,
+which is exact for parts that move as a block (the jaw, a lid) at any strength.
+
+Units are pixels of the bundle image. "Left"/"right" are the subject's (ARKit), so
+``mouthSmileLeft`` moves the corner on the image's right in a frontal photo.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.spatial import Delaunay
+
+from realtime.landmarks import FACE_OVAL, LEFT_EYE_INNER, LEFT_EYE_OUTER, RIGHT_EYE_INNER, RIGHT_EYE_OUTER
+
+FIELDS: tuple[str, ...] = (
+    "open",  # lower lip + jaw drop beyond the photo's own aperture (weight = drop / d_fit)
+    "close",  # closes the photo's own aperture (weight 1 = lips meet)
+    "mouthFunnel",
+    "mouthPucker",
+    "mouthSmileLeft",
+    "mouthSmileRight",
+    "mouthStretchLeft",
+    "mouthStretchRight",
+    "mouthUpperUpLeft",
+    "mouthUpperUpRight",
+    "mouthPressLeft",
+    "mouthPressRight",
+    "eyeBlinkLeft",
+    "eyeBlinkRight",
+    "browInnerUp",
+    "browOuterUpLeft",
+    "browOuterUpRight",
+    "headPitch",  # per POSE_REF_DEG degrees
+    "headYaw",
+    "headRoll",
+)
+FIELD_INDEX = {name: i for i, name in enumerate(FIELDS)}
+POSE_REF_DEG = 10.0
+
+# Amplitudes in eye distances (E).
+JAW_E = 0.42  # lip gap at jawOpen = 1
+LOWER_DOWN_E = 0.10  # extra lip gap at mouthLowerDown = 1
+OPEN_FIT_E = JAW_E + LOWER_DOWN_E
+
+UPPER_INNER = (78, 191, 80, 81, 82, 13, 312, 311, 310, 415, 308)
+LOWER_INNER = (78, 95, 88, 178, 87, 14, 317, 402, 318, 324, 308)
+UPPER_OUTER = (61, 185, 40, 39, 37, 0, 267, 269, 270, 409, 291)
+LOWER_OUTER = (61, 146, 91, 181, 84, 17, 314, 405, 321, 375, 291)
+# Eyelids, outer corner to inner corner; the "ring" rows lie above the upper lid.
+RIGHT_UPPER_LID = (246, 161, 160, 159, 158, 157, 173)
+RIGHT_LOWER_LID = (7, 163, 144, 145, 153, 154, 155)
+RIGHT_LID_RING1 = (247, 30, 29, 27, 28, 56, 190)
+RIGHT_LID_RING2 = (113, 225, 224, 223, 222, 221, 189)
+LEFT_UPPER_LID = (466, 388, 387, 386, 385, 384, 398)
+LEFT_LOWER_LID = (249, 390, 373, 374, 380, 381, 382)
+LEFT_LID_RING1 = (467, 260, 259, 257, 258, 286, 414)
+LEFT_LID_RING2 = (342, 445, 444, 443, 442, 441, 413)
+RIGHT_BROW_INNER, RIGHT_BROW_MID, RIGHT_BROW_OUTER = (107, 55, 66, 65), (105, 52), (70, 46, 63, 53)
+LEFT_BROW_INNER, LEFT_BROW_MID, LEFT_BROW_OUTER = (336, 285, 296, 295), (334, 282), (300, 276, 293, 283)
+NOSE_BOTTOM = 2
+
+
+def _smoothstep(e0: float, e1: float, x: np.ndarray) -> np.ndarray:
+    t = np.clip((np.asarray(x, np.float64) - e0) / max(e1 - e0, 1e-9), 0.0, 1.0)
+    return t * t * (3 - 2 * t)
+
+
+@dataclass
+class Built:
+    """Output of :func:`build`, stored in the AvatarBundle."""
+
+    crop_box: np.ndarray
+    roi: np.ndarray
+    grid_step: float
+    fields: np.ndarray
+    vertices: np.ndarray
+    vertex_disp: np.ndarray
+    meta: dict
+
+
+class _Frame:
+    """Face-aligned coordinates: x along the eye line (subject's right -> left), y down."""
+
+    def __init__(self, lm: np.ndarray) -> None:
+        r = (lm[RIGHT_EYE_OUTER, :2] + lm[RIGHT_EYE_INNER, :2]) / 2
+        left = (lm[LEFT_EYE_OUTER, :2] + lm[LEFT_EYE_INNER, :2]) / 2
+        self.eye_distance = float(np.linalg.norm(left - r))
+        self.ex = (left - r) / max(self.eye_distance, 1e-6)
+        self.ey = np.array([-self.ex[1], self.ex[0]])
+        self.origin = lm[list(FACE_OVAL), :2].mean(axis=0)
+        self.angle = math.atan2(float(self.ex[1]), float(self.ex[0]))
+
+    def local(self, p: np.ndarray) -> np.ndarray:
+        d = np.asarray(p, np.float64)[..., :2] - self.origin
+        return np.stack([d @ self.ex, d @ self.ey], axis=-1)
+
+    def to_image(self, v: np.ndarray) -> np.ndarray:
+        """Local *vectors* (dx, dy) to image vectors."""
+        v = np.asarray(v, np.float64)
+        return v[..., :1] * self.ex + v[..., 1:2] * self.ey
+
+    def to_image_points(self, q: np.ndarray) -> np.ndarray:
+        return self.to_image(q) + self.origin
+
+
+def _curve(xs: np.ndarray, ys: np.ndarray):
+    order = np.argsort(xs)
+    xs, ys = xs[order], ys[order]
+    return lambda x: np.interp(x, xs, ys)
+
+
+def build(image: np.ndarray, landmarks: np.ndarray, *, expand_ratio: float = 0.15) -> Built:
+    """Mesh, per-field vertex displacements and dense backward fields for one face."""
+    h_img, w_img = image.shape[:2]
+    lm = landmarks.astype(np.float64)
+    fr = _Frame(lm)
+    E = fr.eye_distance
+    L = fr.local(lm)  # (468, 2)
+    oval = L[list(FACE_OVAL)]
+    w_half = float(oval[:, 0].max() - oval[:, 0].min()) / 2
+    h_half = float(oval[:, 1].max() - oval[:, 1].min()) / 2
+
+    # -- mouth geometry: inner-lip curves y_upper(x), y_lower(x) in local coords
+    up_in, lo_in = L[list(UPPER_INNER)], L[list(LOWER_INNER)]
+    y_up = _curve(up_in[:, 0], up_in[:, 1])
+    y_lo = _curve(lo_in[:, 0], lo_in[:, 1])
+    gap = lambda x: np.maximum(y_lo(x) - y_up(x), 0.0)  # noqa: E731
+    x_mouth = (L[61, 0] + L[291, 0]) / 2
+    half_w = max((L[291, 0] - L[61, 0]) / 2, 0.2 * E)
+    gap0 = float(gap(np.array([L[13, 0]]))[0])
+
+    # -- extra vertices: split line through the mouth (upper and lower copies)
+    split_x = np.linspace(up_in[0, 0], up_in[-1, 0], 13)[1:-1]
+    mid = (y_up(split_x) + y_lo(split_x)) / 2
+    eps = 0.25
+    split_up = np.stack([split_x, mid - eps], 1)
+    split_lo = np.stack([split_x, mid + eps], 1)
+    # ring of still anchors around the head; farther below the chin so the jaw has room
+    ring_scale = np.where(oval[:, 1] > L[NOSE_BOTTOM, 1], 2.0, 1.35 + expand_ratio)
+    ring = oval * ring_scale[:, None]
+    # pose mask: ellipse around the face, smooth falloff to zero
+    s_in = 1.25 + expand_ratio
+    s_out = s_in + 0.6
+    ax, ay = w_half * 1.0, h_half * 1.0
+    t = np.linspace(0, 2 * np.pi, 48, endpoint=False)
+    ell = np.stack([np.cos(t) * ax * s_out, np.sin(t) * ay * s_out], 1)
+    outer_pts = fr.to_image_points(np.concatenate([ell, ring * 1.08], 0))
+    # animated region: everything that can move, plus a margin; clipped to the image
+    step = max(1.0, E / 14.0)
+    lo_xy = np.floor(outer_pts.min(0) - 2 * step)
+    hi_xy = np.ceil(outer_pts.max(0) + 2 * step)
+    x0, y0 = int(max(0, lo_xy[0])), int(max(0, lo_xy[1]))
+    x1, y1 = int(min(w_img, hi_xy[0])), int(min(h_img, hi_xy[1]))
+    roi = np.array([x0, y0, x1, y1], np.int32)
+    border = _border_points(x0, y0, x1, y1, step * 3)
+
+    n_lm = 468
+    vertices = np.concatenate(
+        [
+            lm[:, :2],
+            fr.to_image_points(split_up),
+            fr.to_image_points(split_lo),
+            fr.to_image_points(ring),
+            border,
+        ]
+    )
+    n_split = len(split_x)
+    i_su = np.arange(n_lm, n_lm + n_split)
+    i_sl = np.arange(n_lm + n_split, n_lm + 2 * n_split)
+    n_ring = len(ring)
+    n_face = n_lm + 2 * n_split  # vertices that may move
+    VL = fr.local(vertices[:n_face])  # local coords of movable vertices
+    x, y = VL[:, 0], VL[:, 1]
+    u = (x - x_mouth) / half_w
+    is_lm = np.zeros(n_face, bool)
+    is_lm[:n_lm] = True
+
+    disp = np.zeros((len(FIELDS), len(vertices), 2))  # local (dx, dy), converted at the end
+
+    def set_field(name: str, d_local: np.ndarray) -> None:
+        disp[FIELD_INDEX[name], :n_face] = d_local
+
+    below_nose = y > L[NOSE_BOTTOM, 1] + 0.05 * E
+    lat = np.clip(1.1 - 0.6 * (x / max(w_half, 1e-6)) ** 2, 0.15, 1.0)
+
+    # -- open: lower lip + jaw move down (upper lip lifts a little)
+    d_fit = OPEN_FIT_E * E
+    h_ramp = E * (0.03 + 0.45 * np.clip((np.abs(u) - 0.45) / 0.7, 0, 1))
+    below = y - y_lo(x)
+    below[i_sl] = 0.0  # the lower split line moves exactly like the lower lip beside it
+    w_low = np.where(below >= -0.01, _smoothstep(0, 1, (below + 0.03 * E) / h_ramp) * lat, 0.0)
+    w_low[i_su] = 0.0
+    above = y_up(x) - y
+    w_up = np.where(above >= -0.01, 1 - _smoothstep(0, 0.35 * E, above), 0.0) * (
+        1 - _smoothstep(0.6, 1.3, np.abs(u))
+    )
+    w_up[i_su] = 0.0  # upper teeth stay with the skull
+    w_up[i_sl] = 0.0
+    d = np.zeros((n_face, 2))
+    d[:, 1] = d_fit * w_low - 0.08 * d_fit * w_up * below_nose
+    set_field("open", d)
+
+    # -- close: the photo's own lip gap shuts (upper lip down a quarter, lower lip up the rest)
+    k = 0.97
+    g_here = gap(x) * (np.abs(u) <= 1.05)
+    near = 1 - _smoothstep(0, 0.25 * E, below)
+    d = np.zeros((n_face, 2))
+    low_move = -k * 0.75 * (g_here * near + gap0 * lat * (1 - near))
+    d[:, 1] = np.where(below >= -0.01, low_move * _smoothstep(0, 1, (below + 0.03 * E) / h_ramp), 0.0)
+    # lower inner lip itself: exactly its own gap
+    for i in LOWER_INNER:
+        d[i, 1] = -k * 0.75 * gap(np.array([x[i]]))[0]
+    upper_move = k * 0.25 * gap(x) * (np.abs(u) <= 1.05)
+    d[:, 1] += np.where(above >= -0.01, upper_move * (1 - _smoothstep(0, 0.2 * E, above)), 0.0)
+    for i in UPPER_INNER:
+        d[i, 1] = k * 0.25 * gap(np.array([x[i]]))[0]
+    meet = y_up(split_x) + k * 0.25 * gap(split_x)
+    d[i_su, 1] = meet + 0.005 * gap(split_x) - y[i_su]
+    d[i_sl, 1] = meet + 0.015 * gap(split_x) - y[i_sl]
+    set_field("close", d)
+
+    # -- linear mouth controls: handles with Gaussian falloff
+    def falloff(center: np.ndarray, sigma: float) -> np.ndarray:
+        return np.exp(-((VL - center) ** 2).sum(1) / (2 * sigma**2)) * below_nose
+
+    c_r, c_l = L[61], L[291]
+    both = falloff(c_r, 0.25 * E)[:, None] * np.array([1, 0]) + falloff(c_l, 0.25 * E)[:, None] * np.array(
+        [-1, 0]
+    )
+    lips_up = np.where((above >= -0.01) & (above < 0.3 * E), 1 - _smoothstep(0, 0.3 * E, above), 0.0)
+    lips_lo = np.where((below >= -0.01) & (below < 0.3 * E), 1 - _smoothstep(0, 0.3 * E, below), 0.0)
+    lips_up *= 1 - _smoothstep(0.8, 1.3, np.abs(u))
+    lips_lo *= 1 - _smoothstep(0.8, 1.3, np.abs(u))
+    lips_up[i_su], lips_lo[i_su] = 1 - _smoothstep(0.8, 1.3, np.abs(u[i_su])), 0
+    lips_lo[i_sl], lips_up[i_sl] = 1 - _smoothstep(0.8, 1.3, np.abs(u[i_sl])), 0
+
+    d = both * 0.07 * E
+    d[:, 1] += (-0.03 * lips_up + 0.05 * lips_lo) * E
+    set_field("mouthFunnel", d)
+    d = both * 0.13 * E
+    d[:, 1] += (-0.012 * lips_up + 0.012 * lips_lo) * E
+    set_field("mouthPucker", d)
+    for side, corner, sgn in (("Left", c_l, 1.0), ("Right", c_r, -1.0)):
+        g = falloff(corner, 0.3 * E)[:, None]
+        set_field(f"mouthSmile{side}", g * np.array([sgn * 0.09, -0.08]) * E)
+        set_field(f"mouthStretch{side}", g * np.array([sgn * 0.10, 0.03]) * E)
+        half = _smoothstep(-0.4, 0.4, sgn * u)[:, None]
+        d = np.zeros((n_face, 2))
+        d[:, 1] = -0.08 * E * lips_up
+        set_field(f"mouthUpperUp{side}", d * half)
+        d = np.zeros((n_face, 2))
+        outer_up = np.zeros(n_face)
+        outer_lo = np.zeros(n_face)
+        outer_up[list(UPPER_OUTER[1:-1])] = 1
+        outer_lo[list(LOWER_OUTER[1:-1])] = 1
+        d[:, 1] = (0.03 * outer_up - 0.03 * outer_lo) * E
+        set_field(f"mouthPress{side}", d * half)
+
+    # -- eyes: upper lid meets the lower lid; the skin above follows partly
+    for side, upper, lower, ring1, ring2 in (
+        ("Left", LEFT_UPPER_LID, LEFT_LOWER_LID, LEFT_LID_RING1, LEFT_LID_RING2),
+        ("Right", RIGHT_UPPER_LID, RIGHT_LOWER_LID, RIGHT_LID_RING1, RIGHT_LID_RING2),
+    ):
+        d = np.zeros((n_face, 2))
+        for iu, il, r1, r2 in zip(upper, lower, ring1, ring2, strict=True):
+            g = L[il] - L[iu]
+            g[1] = max(g[1], 0.02 * E)
+            d[iu] = 0.83 * g
+            d[il] = -0.15 * g
+            d[r1] = 0.45 * 0.83 * g
+            d[r2] = 0.12 * 0.83 * g
+        set_field(f"eyeBlink{side}", d)
+
+    # -- brows: handles on the brow, falloff into the forehead; eyes and lids stay
+    lids = set(RIGHT_UPPER_LID + RIGHT_LOWER_LID + LEFT_UPPER_LID + LEFT_LOWER_LID)
+    lids |= set(RIGHT_LID_RING1 + LEFT_LID_RING1)
+    movable = np.array([i not in lids for i in range(n_face)]) & (y < L[RIGHT_EYE_INNER, 1] - 0.05 * E)
+
+    def brow_field(groups: list[tuple[tuple[int, ...], float]]) -> np.ndarray:
+        w = np.zeros(n_face)
+        for idxs, amp in groups:
+            for i in idxs:
+                w = np.maximum(w, amp * np.exp(-((VL - L[i]) ** 2).sum(1) / (2 * (0.16 * E) ** 2)))
+        d = np.zeros((n_face, 2))
+        d[:, 1] = -0.13 * E * w * movable
+        return d
+
+    set_field(
+        "browInnerUp",
+        brow_field(
+            [(RIGHT_BROW_INNER, 1.0), (LEFT_BROW_INNER, 1.0), (RIGHT_BROW_MID, 0.5), (LEFT_BROW_MID, 0.5)]
+        ),
+    )
+    set_field("browOuterUpLeft", brow_field([(LEFT_BROW_OUTER, 1.0), (LEFT_BROW_MID, 0.5)]))
+    set_field("browOuterUpRight", brow_field([(RIGHT_BROW_OUTER, 1.0), (RIGHT_BROW_MID, 0.5)]))
+
+    # local -> image vectors
+    disp = fr.to_image(disp)
+
+    # -- dense backward fields on the grid
+    gw = int(math.ceil((x1 - x0) / step)) + 1
+    gh = int(math.ceil((y1 - y0) / step)) + 1
+    gx = x0 + np.arange(gw) * step
+    gy = y0 + np.arange(gh) * step
+    GX, GY = np.meshgrid(gx, gy)
+    grid = np.stack([GX.ravel(), GY.ravel()], 1)
+    fields = np.zeros((len(FIELDS), gh, gw, 2), np.float32)
+    tris = Delaunay(vertices).simplices
+    for fi, name in enumerate(FIELDS):
+        if name.startswith("head"):
+            continue
+        dv = disp[fi]
+        fields[fi] = _rasterize(tris, vertices + dv, -dv, (x0, y0), step, (gh, gw))
+
+    # -- head pose: smooth analytic fields (mask x rigid motion + nose parallax)
+    G_local = fr.local(grid)
+    r_ell = np.sqrt((G_local[:, 0] / (ax * 1.0)) ** 2 + (G_local[:, 1] / (ay * 1.0)) ** 2)
+    mask = 1 - _smoothstep(s_in, s_out, r_ell)
+    z = lm[:, 2]
+    z_ring = float(np.median(z[list(FACE_OVAL)]))
+    depth = np.clip((z_ring - z) / E, 0, None)
+    depth_v = np.zeros(len(vertices))
+    depth_v[:n_lm] = depth
+    depth_v[i_su] = depth[13]
+    depth_v[i_sl] = depth[14]
+    par = _rasterize(tris, vertices, depth_v[:, None], (x0, y0), step, (gh, gw)).ravel()
+    th = math.radians(POSE_REF_DEG)
+    fwd_yaw = fr.to_image(np.stack([th * E * (0.55 * mask + 0.9 * par), np.zeros_like(mask)], 1))
+    fwd_pitch = fr.to_image(np.stack([np.zeros_like(mask), th * E * (0.45 * mask + 0.9 * par)], 1))
+    pivot = fr.origin + fr.ey * 1.4 * h_half
+    rel = grid - pivot
+    fwd_roll = th * mask[:, None] * np.stack([-rel[:, 1], rel[:, 0]], 1)
+    for name, fwd in (("headYaw", fwd_yaw), ("headPitch", fwd_pitch), ("headRoll", fwd_roll)):
+        fields[FIELD_INDEX[name]] = (-fwd).reshape(gh, gw, 2)
+
+    # the warp must be exactly still outside the moving region (pixel identity there)
+    fields[np.abs(fields) < 1e-3] = 0.0
+
+    face_box = np.concatenate([lm[:, :2].min(0), lm[:, :2].max(0)])
+    fw, fh = face_box[2] - face_box[0], face_box[3] - face_box[1]
+    crop_box = face_box + np.array([-fw, -fh, fw, fh]) * expand_ratio
+    crop_box = np.clip(crop_box, 0, [w_img, h_img, w_img, h_img]).astype(np.float32)
+
+    colors = _mouth_colors(image, lm)
+    meta = {
+        "eye_distance": E,
+        "angle": fr.angle,
+        "origin": fr.origin.tolist(),
+        "gap0": gap0,
+        "jaw_px": JAW_E * E,
+        "lower_down_px": LOWER_DOWN_E * E,
+        "open_fit_px": d_fit,
+        "split_upper": [int(UPPER_INNER[0])] + i_su.tolist() + [int(UPPER_INNER[-1])],
+        "split_lower": [int(LOWER_INNER[0])] + i_sl.tolist() + [int(LOWER_INNER[-1])],
+        "photo_open": bool(gap0 > 0.06 * E),
+        "n_ring": n_ring,
+        **colors,
+    }
+    return Built(
+        crop_box=crop_box,
+        roi=roi,
+        grid_step=float(step),
+        fields=fields.astype(np.float16),
+        vertices=vertices.astype(np.float32),
+        vertex_disp=disp.astype(np.float32),
+        meta=meta,
+    )
+
+
+def _border_points(x0: int, y0: int, x1: int, y1: int, spacing: float) -> np.ndarray:
+    nx = max(2, int((x1 - x0) / spacing) + 1)
+    ny = max(2, int((y1 - y0) / spacing) + 1)
+    xs = np.linspace(x0 - 1, x1 + 1, nx)
+    ys = np.linspace(y0 - 1, y1 + 1, ny)
+    top = np.stack([xs, np.full(nx, y0 - 1.0)], 1)
+    bot = np.stack([xs, np.full(nx, y1 + 1.0)], 1)
+    lef = np.stack([np.full(ny, x0 - 1.0), ys], 1)
+    rig = np.stack([np.full(ny, x1 + 1.0), ys], 1)
+    return np.concatenate([top, bot, lef[1:-1], rig[1:-1]])
+
+
+def _rasterize(
+    tris: np.ndarray, verts: np.ndarray, values: np.ndarray, origin: tuple[float, float], step: float, shape
+) -> np.ndarray:
+    """Piecewise-linear interpolation of per-vertex ``values`` over triangles ``tris`` at ``verts``.
+
+    Evaluated on the grid ``origin + (j, i) * step`` of ``shape`` (gh, gw); points in
+    no triangle get 0. Fixed topology (not a fresh Delaunay) keeps the lips' triangles
+    semantic: the ones between the lips stretch when the mouth opens.
+    """
+    gh, gw = shape
+    vals = values.reshape(len(values), -1)
+    out = np.zeros((gh, gw, vals.shape[1]), np.float64)
+    moving = np.any(vals[tris] != 0, axis=(1, 2))
+    if not moving.any():
+        return out
+    t = tris[moving]
+    P = (verts[t] - np.asarray(origin)) / step  # (T, 3, 2) in grid units
+    lo = np.clip(np.ceil(P.min(1) - 1e-9), 0, [gw - 1, gh - 1]).astype(np.int64)
+    hi = np.clip(np.floor(P.max(1) + 1e-9), -1, [gw - 1, gh - 1]).astype(np.int64)
+    nx = np.maximum(hi[:, 0] - lo[:, 0] + 1, 0)
+    ny = np.maximum(hi[:, 1] - lo[:, 1] + 1, 0)
+    counts = nx * ny
+    total = int(counts.sum())
+    if total == 0:
+        return out
+    ti = np.repeat(np.arange(len(t)), counts)
+    k = np.arange(total) - np.repeat(np.cumsum(counts) - counts, counts)
+    ix = lo[ti, 0] + k % nx[ti]
+    iy = lo[ti, 1] + k // nx[ti]
+    p0, p1, p2 = P[ti, 0], P[ti, 1], P[ti, 2]
+    v0, v1 = p1 - p0, p2 - p0
+    v2 = np.stack([ix, iy], 1) - p0
+    den = v0[:, 0] * v1[:, 1] - v1[:, 0] * v0[:, 1]
+    ok = np.abs(den) > 1e-12
+    den = np.where(ok, den, 1.0)
+    b1 = (v2[:, 0] * v1[:, 1] - v1[:, 0] * v2[:, 1]) / den
+    b2 = (v0[:, 0] * v2[:, 1] - v2[:, 0] * v0[:, 1]) / den
+    b0 = 1 - b1 - b2
+    inside = ok & (b0 >= -1e-7) & (b1 >= -1e-7) & (b2 >= -1e-7)
+    V = vals[t]  # (T, 3, C)
+    val = b0[:, None] * V[ti, 0] + b1[:, None] * V[ti, 1] + b2[:, None] * V[ti, 2]
+    out[iy[inside], ix[inside]] = val[inside]
+    return out
+
+
+def _mouth_colors(image: np.ndarray, lm: np.ndarray) -> dict:
+    """Lip and skin colours sampled from the photo, to shade a synthesised mouth interior."""
+    h, w = image.shape[:2]
+
+    def sample(idx: tuple[int, ...]) -> list[float]:
+        pts = np.clip(np.round(lm[list(idx), :2]).astype(int), 0, [w - 1, h - 1])
+        return np.median(image[pts[:, 1], pts[:, 0]].astype(np.float64), axis=0).tolist()
+
+    lip = sample(LOWER_OUTER[2:-2] + (17, 84, 314, 16, 15, 85, 315))
+    skin = sample((50, 280, 101, 330, 205, 425, 36, 266))
+    return {"lip_rgb": lip, "skin_rgb": skin}
