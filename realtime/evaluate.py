@@ -354,7 +354,10 @@ def _load_generator(model_dir: Path, backend: str) -> tuple[object, object, obje
         raise RuntimeError(f"realtime.generator is not available ({exc})") from exc
     if not Path(model_dir).exists():
         raise RuntimeError(f"no model at {model_dir} (train one with 'avatar train')")
-    model = MotionModel.load(model_dir, backend=backend)
+    try:
+        model = MotionModel.load(model_dir, backend=backend)
+    except (OSError, ValueError) as exc:
+        raise RuntimeError(f"cannot load the model from {model_dir}: {exc}") from exc
     return model, MotionControls, generate_motion
 
 
@@ -422,8 +425,13 @@ def evaluate(
     val_limit: int | None = 200,
     backend: str = "auto",
     seed: int = 0,
+    model: object | None = None,
 ) -> tuple[dict, dict[str, dict[str, _Collected]]]:
-    """Score model, loudness baseline and oracle on ``split``; returns (report, signals)."""
+    """Score model, loudness baseline and oracle on ``split``; returns (report, signals).
+
+    ``model`` (a loaded :class:`realtime.generator.MotionModel`) takes precedence over ``model_dir``;
+    with neither, only the baseline and the oracle are scored.
+    """
     utts = load_manifest(corpus, split)
     if not utts:
         raise ValueError(f"no utterances in split {split!r} of {corpus}")
@@ -436,13 +444,18 @@ def evaluate(
     if val_limit and len(val) > val_limit:
         # An even spread over the val split, deterministic.
         val = [val[i] for i in np.linspace(0, len(val) - 1, val_limit).astype(int)]
-    model = controls = generate = None
+    controls = generate = None
     model_info: dict[str, object] = {"path": None}
-    if model_dir is not None:
-        model, controls_cls, generate = _load_generator(model_dir, backend)
+    if model is not None or model_dir is not None:
+        if model is None:
+            model, controls_cls, generate = _load_generator(model_dir, backend)  # type: ignore[arg-type]
+        else:
+            from realtime.generator import MotionControls as controls_cls
+            from realtime.generator import generate_motion as generate
         controls = controls_cls(seed=seed)  # type: ignore[operator]
         model_info = {
-            "path": str(model_dir),
+            "path": str(model_dir) if model_dir is not None else None,
+            "backend": getattr(model, "backend_name", None),
             "default_steps": getattr(model, "default_steps", None),
             "lookahead_ms": getattr(model, "lookahead_ms", None),
         }

@@ -23,12 +23,15 @@ Non-verbal (stochastic, deterministic given ``rng``)
       0.25 s; blinks closer than 0.8 s are merged. Each blink lasts 150-250 ms (fast close, short
       hold, slower open), peaks at 0.9-1.0, and is on both eyes 90% of the time (otherwise
       one eye at 30-60%).
-    * Head pose: an Ornstein–Uhlenbeck process per axis, mean-reverting to neutral (time constant
-      ~1.2-2 s, stationary std 1.0-1.8 degrees, 1.6x wider while speaking), plus nods: each
-      stressed vowel (a vowel whose energy is in the utterance's upper 40%, or the strongest in
-      a word-like stretch) gets a raised-cosine pitch bump of 0.8-2.5 degrees (positive pitch =
-      chin down) starting ~80 ms before its onset, lasting ~350 ms. Pitch accents (high F0 from a
-      cheap autocorrelation pitch tracker, z > 0.8 within the utterance) tilt the head up slightly.
+    * Head pose: a smoothed Ornstein–Uhlenbeck process per axis (OU low-passed once more, so it
+      has no jitter), mean-reverting to neutral (time constant 1.2-2 s, stationary std 1.0-1.8
+      degrees, 1.6x wider while speaking), plus nods: each stressed vowel gets a raised-cosine
+      pitch bump of 0.5-1.6 degrees (positive pitch = chin down) starting ~80 ms before its onset,
+      lasting 300-420 ms. A vowel counts as stressed when its score (peak energy in dB plus a
+      bonus for duration; duration alone without audio) is in the utterance's upper 40%; without
+      phone timings, energy peaks during speech stand in for vowels. Pitch accents (a stressed
+      vowel with high F0 from a cheap FFT-autocorrelation tracker, z > 0.8 within the utterance)
+      tilt the head up slightly and turn it a little.
     * Brows: a small OU baseline (0..0.08) plus raises of 0.15-0.4 (browInnerUp, both outer) on
       pitch accents and emphasised vowels, onset ~60 ms before the vowel.
     * Silence still blinks and moves slightly (the OU process never stops), mouth channels are 0.
@@ -514,7 +517,7 @@ def nonverbal_targets(
     roll = _ou(r_roll, n_grid, dt, 1.2, 1.0 * gain)
     for onset, strength, z in stress:
         amp_u, length_u, turn = r_nod.uniform(size=3)  # fixed draws per event
-        amp = (0.8 + 1.7 * amp_u) * strength
+        amp = (0.5 + 1.1 * amp_u) * strength
         pitch += amp * _raised_cosine(grid, onset - 0.08, 0.3 + 0.12 * length_u)
         if z > 0.8:  # pitch accent: head up a little, slight turn
             pitch -= 0.6 * amp * _raised_cosine(grid, onset - 0.05, 0.5)

@@ -236,3 +236,25 @@ def test_cli_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert "no model" in capsys.readouterr().err or "not available" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         cli_main(["nonsense"])
+
+
+def test_evaluate_runs_a_real_model(tmp_path: Path) -> None:
+    """Integration with the generator contract, on a small untrained model (metrics only need to exist)."""
+    gen = pytest.importorskip("realtime.generator")
+    model_mod = pytest.importorskip("realtime.model")
+    import torch
+
+    from realtime.evaluate import evaluate
+
+    torch.manual_seed(0)
+    cfg = model_mod.MotionConfig(hidden=32, audio_hidden=32, n_layers=2)
+    model = gen.MotionModel.from_module(model_mod.MotionDenoiser(cfg).eval())
+    corpus = _synthetic_corpus(tmp_path / "corpus")
+    report, signals = evaluate(corpus, model_dir=None, model=model, limit=1, val_limit=2)
+    for group in ("real", "tts"):
+        m = report["groups"][group]["model"]
+        assert m["utterances"] == 1 and m["frames"] > 40
+        assert 0.0 <= m["auc"] <= 1.0 and np.isfinite(m["lag_ms"])
+        n = len(signals[group]["oracle"].preds[0])
+        assert len(signals[group]["model"].preds[0]) == n
+    assert "model" in report["thresholds"]
