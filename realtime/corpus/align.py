@@ -1,0 +1,130 @@
+"""Forced alignment with pocketsphinx 5, and the check of an engine's phone timings against it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from realtime.phones import SILENCE, normalize_phone
+
+Phones = list[tuple[str, float, float]]
+
+FRAME_S = 0.01  # pocketsphinx alignment frames
+
+
+class AlignmentError(RuntimeError):
+    """The aligner could not align this text to this audio."""
+
+
+class Aligner:
+    """One pocketsphinx decoder, reused across utterances (creating one costs ~0.3 s)."""
+
+    def __init__(self) -> None:
+        from pocketsphinx import Decoder
+
+        self._decoder = Decoder(samprate=16000, bestpath=False, loglevel="FATAL")
+
+    def oov(self, words: list[str]) -> list[str]:
+        """Words the aligner's dictionary does not have."""
+        return [w for w in words if self._decoder.lookup_word(w) is None]
+
+    def add_compounds(self, words: list[str]) -> None:
+        """Teach the dictionary out-of-vocabulary compounds like "touchtone" = "touch" + "tone"."""
+        decoder = self._decoder
+        for word in set(self.oov(words)):
+            for cut in range(len(word) - 2, 1, -1):
+                head, tail = decoder.lookup_word(word[:cut]), decoder.lookup_word(word[cut:])
+                if head and tail:
+                    decoder.add_word(word, f"{head} {tail}", True)
+                    break
+
+    def align(self, pcm: np.ndarray, words: list[str]) -> Phones:
+        """Phone segments ``[(phone, start_s, end_s)]`` in the shared inventory for 16 kHz int16 ``pcm``."""
+        if not words:
+            raise AlignmentError("no words to align")
+        self.add_compounds(words)
+        missing = self.oov(words)
+        if missing:
+            raise AlignmentError(f"out-of-vocabulary words: {' '.join(sorted(set(missing)))}")
+        data = np.ascontiguousarray(pcm, dtype=np.int16).tobytes()
+        decoder = self._decoder
+        try:
+            decoder.set_align_text(" ".join(words))
+            decoder.start_utt()
+            decoder.process_raw(data, full_utt=True)
+            decoder.end_utt()
+            decoder.set_alignment()
+            decoder.start_utt()
+            decoder.process_raw(data, full_utt=True)
+            decoder.end_utt()
+            alignment = decoder.get_alignment()
+        except (RuntimeError, ValueError) as exc:
+            raise AlignmentError(f"pocketsphinx failed: {exc}") from exc
+        if alignment is None:
+            raise AlignmentError("pocketsphinx found no alignment")
+        phones: Phones = []
+        for word in alignment:
+            for seg in word:
+                start = seg.start * FRAME_S
+                phones.append(
+                    (normalize_phone(seg.name, "pocketsphinx"), start, start + seg.duration * FRAME_S)
+                )
+        if not any(p != SILENCE for p, _, _ in phones):
+            raise AlignmentError("alignment has no speech")
+        return phones
+
+
+@dataclass(frozen=True)
+class TimingCheck:
+    """How well an engine's phone timings agree with the aligner's."""
+
+    median_error_s: float
+    p95_error_s: float
+    matched: int
+    reference_phones: int
+
+    @property
+    def match_ratio(self) -> float:
+        """Fraction of the engine's speech phones that the aligner's sequence matched."""
+        return self.matched / max(1, self.reference_phones)
+
+
+def _match(a: list[str], b: list[str]) -> list[tuple[int, int]]:
+    """Index pairs of equal labels on a minimum-edit-distance path between two phone sequences."""
+    n, m = len(a), len(b)
+    cost = np.zeros((n + 1, m + 1), dtype=np.int32)
+    cost[:, 0] = np.arange(n + 1)
+    cost[0, :] = np.arange(m + 1)
+    for i in range(1, n + 1):
+        for j in range(1, m + 1):
+            sub = cost[i - 1, j - 1] + (0 if a[i - 1] == b[j - 1] else 1)
+            cost[i, j] = min(sub, cost[i - 1, j] + 1, cost[i, j - 1] + 1)
+    pairs: list[tuple[int, int]] = []
+    i, j = n, m
+    while i > 0 and j > 0:
+        if a[i - 1] == b[j - 1] and cost[i, j] == cost[i - 1, j - 1]:
+            pairs.append((i - 1, j - 1))
+            i, j = i - 1, j - 1
+        elif cost[i, j] == cost[i - 1, j - 1] + 1:
+            i, j = i - 1, j - 1
+        elif cost[i, j] == cost[i - 1, j] + 1:
+            i -= 1
+        else:
+            j -= 1
+    return pairs[::-1]
+
+
+def compare_timings(reference: Phones, aligned: Phones) -> TimingCheck:
+    """Median/p95 absolute boundary error over speech phones matched between two segmentations.
+
+    Pronunciations differ between engines and the aligner's dictionary, so the two sequences are
+    matched by edit distance and only boundaries of matched phones are compared.
+    """
+    ref = [seg for seg in reference if seg[0] != SILENCE]
+    ali = [seg for seg in aligned if seg[0] != SILENCE]
+    pairs = _match([p for p, _, _ in ref], [p for p, _, _ in ali])
+    errors = [abs(ref[i][k] - ali[j][k]) for i, j in pairs for k in (1, 2)]
+    if not errors:
+        return TimingCheck(float("inf"), float("inf"), 0, len(ref))
+    return TimingCheck(float(np.median(errors)), float(np.percentile(errors, 95)), len(pairs), len(ref))
