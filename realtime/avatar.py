@@ -28,7 +28,7 @@ from realtime.landmarks import FaceMesh, ModelsMissingError
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 MAX_IMAGE_BYTES = 20_000_000
 MAX_IMAGE_PIXELS = 40_000_000
 MIN_IMAGE_SIDE = 64
@@ -73,6 +73,7 @@ class AvatarBundle:
     fields: np.ndarray  # (n_fields, gh, gw, 2) float16, image pixels
     vertices: np.ndarray  # (n_vertices, 2) float32
     vertex_disp: np.ndarray  # (n_fields, n_vertices, 2) float32
+    triangles: np.ndarray  # (n_triangles, 3) int32: the mesh topology
     meta: dict = field(default_factory=dict)  # scalars: eye distance, apertures, colours, params
 
     @property
@@ -243,6 +244,7 @@ def register_avatar(
         fields=built.fields,
         vertices=built.vertices,
         vertex_disp=built.vertex_disp,
+        triangles=built.triangles,
         meta={**built.meta, "expand_ratio": float(expand_ratio), "faces_found": len(faces)},
     )
     if cache_dir is not None:
@@ -255,7 +257,7 @@ def register_avatar(
 
 # -- cache --------------------------------------------------------------------
 
-_ARRAYS = ("image", "landmarks", "crop_box", "roi", "fields", "vertices", "vertex_disp")
+_ARRAYS = ("image", "landmarks", "crop_box", "roi", "fields", "vertices", "vertex_disp", "triangles")
 
 
 def _cache_path(key: str, cache_dir: str | Path) -> Path:
@@ -334,6 +336,10 @@ def _check(b: AvatarBundle) -> None:
         and b.grid_step > 0
         and np.isfinite(b.fields.astype(np.float32)).all()
         and np.isfinite(b.vertex_disp).all()
+        and b.triangles.ndim == 2
+        and b.triangles.shape[1] == 3
+        and b.triangles.min() >= 0
+        and b.triangles.max() < len(b.vertices)
     )
     if not ok:
         raise ValueError("bundle arrays have unexpected shapes or values")

@@ -35,9 +35,13 @@ def paint_mouth(
     up_l = np.stack([upper @ ex, upper @ ey], 1)
     lo_l = np.stack([lower @ ex, lower @ ey], 1)
     thick = lo_l[:, 1] - up_l[:, 1]
-    if not np.isfinite(thick).all() or thick.max() < 0.6:
+    if not np.isfinite(thick).all():
         return
     h, w = img.shape[:2]
+    if info.get("seam", False):
+        _seam(img, origin, upper, lower, thick, info)
+    if thick.max() < 0.6:
+        return
     poly = np.concatenate([upper, lower[::-1]]) - np.asarray(origin, np.float32)
     bx0, by0 = np.floor(poly.min(0)).astype(int) - 2
     bx1, by1 = np.ceil(poly.max(0)).astype(int) + 3
@@ -71,18 +75,58 @@ def paint_mouth(
 
     lip = info["lip_rgb"]
     e = info["eye_distance"]
-    dark = lip * 0.16 + 4.0
-    col = dark[None, None, :] * (0.75 + 0.6 * s**2)[..., None]
-    # tongue: a soft reddish mound rising from the lower lip at the centre
-    tongue = _smooth(0.55, 0.95, t) * (1 - _smooth(0.25, 0.75, s)) * _smooth(2.0, 6.0, gap) * 0.75
-    col = col * (1 - tongue[..., None]) + (lip * 0.55)[None, None, :] * tongue[..., None]
+    # cavity: dark red-brown, darkest under the upper lip and towards the corners
+    deep = lip * np.array([0.30, 0.16, 0.16], np.float32) + 3.0
+    shade = (0.65 + 0.35 * t) * (1.0 - 0.35 * _smooth(0.5, 1.0, s))
+    col = deep[None, None, :] * shade[..., None]
+    # tongue: a soft mound rising from the lower lip at the centre
+    tongue = _smooth(0.5, 0.95, t) * (1 - _smooth(0.2, 0.7, s)) * _smooth(0.05 * e, 0.2 * e, gap) * 0.8
+    col = (
+        col * (1 - tongue[..., None])
+        + (lip * np.array([0.72, 0.45, 0.45]))[None, None, :] * tongue[..., None]
+    )
     if info.get("teeth", True):
-        # upper teeth: a band under the upper lip, as tall as the opening allows
-        band = np.clip(0.09 * e / gap, 0.0, 0.45)
-        teeth = 1 - _smooth(0.0, 1.0, (t - band * 0.6) / np.maximum(band * 0.4, 1e-3))
-        teeth *= (1 - _smooth(0.45, 0.85, s)) * _smooth(1.5, 4.0, gap) * 0.85
-        shade = (0.8 + 0.2 * (1 - s))[..., None]
-        col = col * (1 - teeth[..., None]) + (TEETH_RGB * shade) * teeth[..., None]
+        # upper teeth under the upper lip, lower teeth just above the lower lip (fainter)
+        band = np.clip(0.085 * e / gap, 0.0, 0.42)
+        teeth = 1 - _smooth(0.55, 1.0, t / np.maximum(band, 1e-3))
+        teeth *= (1 - _smooth(0.4, 0.8, s)) * _smooth(0.04 * e, 0.12 * e, gap) * 0.9
+        low_band = np.clip(0.04 * e / gap, 0.0, 0.2)
+        low = _smooth(1 - low_band, 1 - 0.4 * low_band, t) * (1 - _smooth(0.3, 0.6, s)) * 0.45
+        low *= _smooth(0.1 * e, 0.25 * e, gap)
+        teeth = np.maximum(teeth, low)
+        tshade = (0.92 - 0.15 * s)[..., None] * (0.95 + 0.05 * (1 - t))[..., None]
+        col = col * (1 - teeth[..., None]) + (TEETH_RGB * tshade) * teeth[..., None]
+    # thin openings fade in rather than pop
+    alpha = alpha * _smooth(0.3, 1.8, gap)
     region = img[by0:by1, bx0:bx1].astype(np.float32)
     out = region * (1 - alpha[..., None]) + col * alpha[..., None]
     img[by0:by1, bx0:bx1] = np.clip(out + 0.5, 0, 255).astype(np.uint8)
+
+
+def _seam(
+    img: np.ndarray,
+    origin: tuple[int, int],
+    upper: np.ndarray,
+    lower: np.ndarray,
+    thick: np.ndarray,
+    info: dict,
+) -> None:
+    """A soft dark line where the lips meet, so a shut open-mouth photo shows no teeth in the seam."""
+    h, w = img.shape[:2]
+    mid = (upper + lower) / 2 - np.asarray(origin, np.float32)
+    x0, y0 = np.floor(mid.min(0)).astype(int) - 2
+    x1, y1 = np.ceil(mid.max(0)).astype(int) + 3
+    x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1, w), min(y1, h)
+    if x1 <= x0 or y1 <= y0:
+        return
+    mask = np.zeros((y1 - y0, x1 - x0), np.uint8)
+    pts = np.round((mid - [x0, y0]) * 8).astype(np.int32)
+    thickness = max(1, int(round(info["eye_distance"] / 40)))
+    cv2.polylines(mask, [pts], False, 255, thickness=thickness, lineType=cv2.LINE_AA, shift=3)
+    strength = 0.6 * float(1 - _smooth(1.0, 3.0, np.array(np.median(thick))))
+    if strength <= 0:
+        return
+    a = cv2.GaussianBlur(mask, (3, 3), 0).astype(np.float32)[..., None] * (strength / 255.0)
+    col = info["lip_rgb"] * 0.45
+    region = img[y0:y1, x0:x1].astype(np.float32)
+    img[y0:y1, x0:x1] = np.clip(region * (1 - a) + col * a + 0.5, 0, 255).astype(np.uint8)

@@ -85,6 +85,7 @@ class Built:
     fields: np.ndarray
     vertices: np.ndarray
     vertex_disp: np.ndarray
+    triangles: np.ndarray
     meta: dict
 
 
@@ -141,7 +142,9 @@ def build(image: np.ndarray, landmarks: np.ndarray, *, expand_ratio: float = 0.1
 
     # -- extra vertices: split line through the mouth (upper and lower copies)
     split_x = np.linspace(up_in[0, 0], up_in[-1, 0], 13)[1:-1]
-    mid = (y_up(split_x) + y_lo(split_x)) / 2
+    mid = _teeth_edge(image, fr, split_x, y_up(split_x), y_lo(split_x)) if gap0 > 0.06 * E else None
+    if mid is None:
+        mid = (y_up(split_x) + y_lo(split_x)) / 2
     eps = 0.25
     split_up = np.stack([split_x, mid - eps], 1)
     split_lo = np.stack([split_x, mid + eps], 1)
@@ -320,7 +323,7 @@ def build(image: np.ndarray, landmarks: np.ndarray, *, expand_ratio: float = 0.1
         if name.startswith("head"):
             continue
         dv = disp[fi]
-        fields[fi] = _rasterize(tris, vertices + dv, -dv, (x0, y0), step, (gh, gw))
+        fields[fi] = rasterize(tris, vertices + dv, -dv, (x0, y0), step, (gh, gw))
 
     # -- head pose: smooth analytic fields (mask x rigid motion + nose parallax)
     G_local = fr.local(grid)
@@ -333,7 +336,7 @@ def build(image: np.ndarray, landmarks: np.ndarray, *, expand_ratio: float = 0.1
     depth_v[:n_lm] = depth
     depth_v[i_su] = depth[13]
     depth_v[i_sl] = depth[14]
-    par = _rasterize(tris, vertices, depth_v[:, None], (x0, y0), step, (gh, gw)).ravel()
+    par = rasterize(tris, vertices, depth_v[:, None], (x0, y0), step, (gh, gw)).ravel()
     th = math.radians(POSE_REF_DEG)
     fwd_yaw = fr.to_image(np.stack([th * E * (0.55 * mask + 0.9 * par), np.zeros_like(mask)], 1))
     fwd_pitch = fr.to_image(np.stack([np.zeros_like(mask), th * E * (0.45 * mask + 0.9 * par)], 1))
@@ -363,6 +366,7 @@ def build(image: np.ndarray, landmarks: np.ndarray, *, expand_ratio: float = 0.1
         "split_upper": [int(UPPER_INNER[0])] + i_su.tolist() + [int(UPPER_INNER[-1])],
         "split_lower": [int(LOWER_INNER[0])] + i_sl.tolist() + [int(LOWER_INNER[-1])],
         "photo_open": bool(gap0 > 0.06 * E),
+        "patches": _patches(vertices, disp, E),
         "n_ring": n_ring,
         **colors,
     }
@@ -373,8 +377,65 @@ def build(image: np.ndarray, landmarks: np.ndarray, *, expand_ratio: float = 0.1
         fields=fields.astype(np.float16),
         vertices=vertices.astype(np.float32),
         vertex_disp=disp.astype(np.float32),
+        triangles=tris.astype(np.int32),
         meta=meta,
     )
+
+
+def _teeth_edge(image: np.ndarray, fr: _Frame, xs: np.ndarray, yu: np.ndarray, yl: np.ndarray):
+    """Where the upper teeth end in each column of an open mouth (the jaw opens below them).
+
+    Scans each column of the lip gap from the top: the first bright run is the upper
+    teeth. Columns without teeth split in the middle. None if no teeth are visible.
+    """
+    import cv2
+
+    n = 24
+    t = np.linspace(0.0, 1.0, n)
+    ly = yu[:, None] + (yl - yu)[:, None] * t[None, :]
+    pts = fr.to_image_points(np.stack([np.broadcast_to(xs[:, None], ly.shape), ly], -1))
+    rgb = cv2.remap(
+        image, pts[..., 0].astype(np.float32), pts[..., 1].astype(np.float32), cv2.INTER_LINEAR
+    ).astype(np.float64)
+    lum = rgb @ np.array([0.299, 0.587, 0.114])
+    sat = rgb.max(-1) - rgb.min(-1)
+    bright = (lum > 0.5 * (lum.max() + np.median(lum))) & (sat < 0.5 * lum)
+    if bright.sum() < 3:
+        return None
+    out = (yu + yl) / 2
+    for k in range(len(xs)):
+        hits = np.nonzero(bright[k])[0]
+        if len(hits) == 0:
+            continue
+        end = hits[0]
+        while end + 1 < n and bright[k, end + 1]:
+            end += 1
+        if end < n - 1:
+            out[k] = ly[k, end] + 0.5 * (ly[k, 1] - ly[k, 0])
+    # the teeth edge is smooth: a median of three then a light blur removes single-column misses
+    padded = np.concatenate([out[:1], out, out[-1:]])
+    med = np.median(np.stack([padded[:-2], padded[1:-1], padded[2:]]), axis=0)
+    padded = np.concatenate([med[:1], med, med[-1:]])
+    out = 0.25 * padded[:-2] + 0.5 * padded[1:-1] + 0.25 * padded[2:]
+    return np.clip(out, yu + 0.5, np.maximum(yl - 0.5, yu + 0.5))
+
+
+def _patches(vertices: np.ndarray, disp: np.ndarray, E: float) -> list[list[float]]:
+    """Boxes (x0, y0, x1, y1) where fields change sharply (lips, lids): rendered at full resolution."""
+    out = []
+    groups = (
+        (UPPER_OUTER + LOWER_OUTER + UPPER_INNER + LOWER_INNER, 0.2),
+        (RIGHT_UPPER_LID + RIGHT_LOWER_LID + RIGHT_LID_RING1, 0.12),
+        (LEFT_UPPER_LID + LEFT_LOWER_LID + LEFT_LID_RING1, 0.12),
+    )
+    for idxs, margin in groups:
+        pts = vertices[list(idxs)]
+        moved = (pts[None] + disp[:, list(idxs)]).reshape(-1, 2)
+        allp = np.concatenate([pts, moved])
+        lo = allp.min(0) - margin * E
+        hi = allp.max(0) + margin * E
+        out.append([float(lo[0]), float(lo[1]), float(hi[0]), float(hi[1])])
+    return out
 
 
 def _border_points(x0: int, y0: int, x1: int, y1: int, spacing: float) -> np.ndarray:
@@ -389,7 +450,7 @@ def _border_points(x0: int, y0: int, x1: int, y1: int, spacing: float) -> np.nda
     return np.concatenate([top, bot, lef[1:-1], rig[1:-1]])
 
 
-def _rasterize(
+def rasterize(
     tris: np.ndarray, verts: np.ndarray, values: np.ndarray, origin: tuple[float, float], step: float, shape
 ) -> np.ndarray:
     """Piecewise-linear interpolation of per-vertex ``values`` over triangles ``tris`` at ``verts``.

@@ -26,7 +26,7 @@ import numpy as np
 from realtime.avatar import AvatarBundle
 from realtime.motion import CHANNELS, N_CHANNELS, clip_motion, idx
 from realtime.mouth_interior import paint_mouth
-from realtime.render_fields import FIELD_INDEX, FIELDS, POSE_REF_DEG
+from realtime.render_fields import FIELD_INDEX, FIELDS, POSE_REF_DEG, rasterize
 
 BACKENDS = ("cpu", "torch")
 _LINEAR_FIELDS = [(FIELD_INDEX[n], idx(n)) for n in FIELDS if n in CHANNELS and not n.startswith("head")]
@@ -107,6 +107,7 @@ class PortraitRenderer:
         fields *= np.array([sx, sy], np.float32)
         fields[np.abs(fields) < 1e-3] = 0.0  # keep the still parts exactly still
         self._fields = np.ascontiguousarray(fields.reshape(len(FIELDS), -1))
+        self._patches = self._detail_patches(fields)
         x0, y0, x1, y1 = self._roi
         self._base_x = np.tile(np.arange(x0, x1, dtype=np.float32), (y1 - y0, 1))
         self._base_y = np.tile(np.arange(y0, y1, dtype=np.float32)[:, None], (1, x1 - x0))
@@ -123,10 +124,49 @@ class PortraitRenderer:
             "lip_rgb": np.array(meta["lip_rgb"], np.float32),
             "skin_rgb": np.array(meta["skin_rgb"], np.float32),
             "teeth": not meta.get("photo_open", False),
+            "seam": bool(meta.get("photo_open", False)),
         }
         self._lock = threading.Lock()
         self._last: tuple[bytes, np.ndarray] | None = None
         self._torch = _TorchWarp(self.background, self._roi, self._grid) if backend == "torch" else None
+
+    def _detail_patches(self, coarse: np.ndarray) -> list[tuple[int, int, int, int, np.ndarray]]:
+        """Full-resolution fields where the warp is sharp (lips, lids); a coarse grid would smear them.
+
+        Mesh fields are rasterised per output pixel; the smooth pose fields are
+        interpolated from the coarse grid. Returns (y0, y1, x0, x1, fields) in ROI coordinates.
+        """
+        b = self.bundle
+        sx, sy = self._scale
+        sc = np.array([sx, sy])
+        verts = (b.vertices.astype(np.float64) + 0.5) * sc - 0.5
+        disp = b.vertex_disp.astype(np.float64) * sc
+        gh, gw, r = self._grid
+        rx0, ry0, rx1, ry1 = self._roi
+        out = []
+        for box in b.meta.get("patches", []):
+            px0 = int(np.clip(math.floor(box[0] * sx), rx0, rx1))
+            py0 = int(np.clip(math.floor(box[1] * sy), ry0, ry1))
+            px1 = int(np.clip(math.ceil(box[2] * sx) + 1, rx0, rx1))
+            py1 = int(np.clip(math.ceil(box[3] * sy) + 1, ry0, ry1))
+            ph, pw = py1 - py0, px1 - px0
+            if ph <= 0 or pw <= 0:
+                continue
+            f = np.zeros((len(FIELDS), ph, pw, 2), np.float32)
+            # coarse-grid coordinates of the patch pixels, for the smooth fields
+            gx = ((np.arange(px0, px1) - rx0 + 0.5) / r - 0.5).astype(np.float32)
+            gy = ((np.arange(py0, py1) - ry0 + 0.5) / r - 0.5).astype(np.float32)
+            GX, GY = np.meshgrid(gx, gy)
+            for i, name in enumerate(FIELDS):
+                if name.startswith("head"):
+                    f[i] = cv2.remap(coarse[i], GX, GY, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+                elif np.any(disp[i]):
+                    f[i] = rasterize(b.triangles, verts + disp[i], -disp[i], (px0, py0), 1.0, (ph, pw))
+            f[np.abs(f) < 1e-3] = 0.0
+            out.append(
+                (py0 - ry0, py1 - ry0, px0 - rx0, px1 - rx0, np.ascontiguousarray(f.reshape(len(FIELDS), -1)))
+            )
+        return out
 
     @property
     def roi(self) -> tuple[int, int, int, int]:
@@ -162,6 +202,8 @@ class PortraitRenderer:
         else:
             dense = cv2.resize(coarse, (gw * r, gh * r), interpolation=cv2.INTER_LINEAR)
             dense = dense[: y1 - y0, : x1 - x0]
+            for py0, py1, px0, px1, pf in self._patches:
+                dense[py0:py1, px0:px1] = (w @ pf).reshape(py1 - py0, px1 - px0, 2)
             map_x = self._base_x + dense[..., 0]
             map_y = self._base_y + dense[..., 1]
             warped = cv2.remap(
