@@ -333,35 +333,50 @@ def _blink_shape(t: np.ndarray, onset: float, length: float) -> np.ndarray:
     return 0.5 - 0.5 * np.cos(np.pi * y)  # smooth ease in/out
 
 
-def _audio_features(pcm: np.ndarray | None, sample_rate: int, n_grid: int) -> tuple[np.ndarray, np.ndarray]:
-    """RMS energy (dB, on the 100 Hz grid) and a cheap F0 proxy (Hz, 0 = unvoiced)."""
+def _audio_features(
+    pcm: np.ndarray | None, sample_rate: int, n_grid: int, need_pitch: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """RMS energy (dB, on the 100 Hz grid) and a cheap F0 proxy (Hz, 0 = unvoiced).
+
+    Both work at 8 kHz (pairs averaged: a crude low-pass is enough for a pitch proxy) on 40 ms
+    windows centred on each grid point; pitch is the autocorrelation peak in 70..400 Hz, computed
+    only on every other grid point with enough energy (held for the next one), and only where
+    ``need_pitch`` (a grid mask, e.g. vowels) is set, to stay cheap.
+    """
     energy = np.full(n_grid, -100.0)
     f0 = np.zeros(n_grid)
     if pcm is None:
         return energy, f0
-    x = np.nan_to_num(np.asarray(pcm, dtype=np.float64).reshape(-1))
+    x = np.nan_to_num(np.asarray(pcm, dtype=np.float32).reshape(-1))
     if x.size == 0:
         return energy, f0
     if sample_rate != 16000:
         n_out = int(round(x.size * 16000 / sample_rate))
-        x = np.interp(np.linspace(0, x.size - 1, max(n_out, 1)), np.arange(x.size), x)
-    win = 640  # 40 ms analysis window centred on each grid point
+        x = np.interp(np.linspace(0, x.size - 1, max(n_out, 1)), np.arange(x.size), x).astype(np.float32)
+    x = x[: x.size // 2 * 2].reshape(-1, 2).mean(axis=1)  # 8 kHz
+    rate, hop, win = 8000, _HOP // 2, 320
     pad = np.pad(x, (win // 2, win))
-    n = min(n_grid, max(0, (pad.size - win) // _HOP + 1))
+    n = min(n_grid, max(0, (pad.size - win) // hop + 1))
     if n == 0:
         return energy, f0
-    idx = np.arange(n)[:, None] * _HOP + np.arange(win)[None, :]
-    frames = pad[idx] * np.hanning(win)
+    idx = np.arange(n)[:, None] * hop + np.arange(win)[None, :]
+    frames = pad[idx] * np.hanning(win).astype(np.float32)
     rms = np.sqrt((frames**2).mean(axis=1) + 1e-12)
     energy[:n] = 20 * np.log10(rms + 1e-9)
-    # Autocorrelation pitch in 70..400 Hz on the windowed frames (FFT), voiced where peak is clear.
-    spec = np.fft.rfft(frames, n=1024, axis=1)  # >= win + max lag: no circular wrap-around
+    want = (energy[:n] > energy[:n].max() - 35) & (np.arange(n) % 2 == 0)
+    if need_pitch is not None:
+        want &= need_pitch[:n] | np.r_[need_pitch[1:n], False]
+    sel = np.flatnonzero(want)
+    if sel.size == 0:
+        return energy, f0
+    spec = np.fft.rfft(frames[sel], n=512, axis=1)  # 512 >= win + max lag: no circular wrap-around
     ac = np.fft.irfft(np.abs(spec) ** 2, axis=1)[:, :win]
-    lo, hi = 16000 // 400, 16000 // 70
+    lo, hi = rate // 400, rate // 70
     lag = lo + np.argmax(ac[:, lo:hi], axis=1)
-    peak = ac[np.arange(n), lag] / (ac[:, 0] + 1e-12)
-    voiced = (peak > 0.45) & (energy[:n] > energy[:n].max() - 35)
-    f0[:n] = np.where(voiced, 16000.0 / lag, 0.0)
+    peak = ac[np.arange(sel.size), lag] / (ac[:, 0] + 1e-12)
+    pitch = np.where(peak > 0.45, rate / lag, 0.0)
+    f0[sel] = pitch
+    f0[np.minimum(sel + 1, n - 1)] = np.where(sel + 1 < n, pitch, f0[np.minimum(sel + 1, n - 1)])
     return energy, f0
 
 
@@ -372,19 +387,14 @@ def _ou(rng: np.random.Generator, n: int, dt: float, tau: float, std: np.ndarray
     once more (time constant ``tau / 5``) and renormalised, which keeps the mean reversion.
     """
     a, b = np.exp(-dt / tau), np.exp(-dt / (0.2 * tau))
-    # Start in the stationary state: warm up over ~4 tau of extra noise.
+    # Impulse response of the two cascaded first-order filters, truncated at ~4 tau (e^-4).
     warm = int(4 * tau / dt)
-    noise = rng.standard_normal(n + warm)
-    x = np.empty(n + warm)
-    p = q = 0.0
-    for i in range(n + warm):  # 100 Hz, cheap; vectorised filtering would need scipy
-        p = a * p + noise[i]
-        q = b * q + (1 - b) * p
-        x[i] = q
-    # Stationary variance of the cascade for unit noise, from its impulse response.
     k = np.arange(warm + 1)
     h = (1 - b) * (a ** (k + 1) - b ** (k + 1)) / (a - b)
-    return x[warm:] * std / np.sqrt((h * h).sum())
+    # Noise starts ``warm`` steps early, so the path is stationary from its first sample.
+    noise = rng.standard_normal(n + warm)
+    x = np.convolve(noise, h)[warm : warm + n]
+    return x * std / np.sqrt((h * h).sum())
 
 
 def _speech_mask(parsed: list[tuple[str, float, float]], grid: np.ndarray, energy: np.ndarray) -> np.ndarray:
@@ -440,7 +450,13 @@ def nonverbal_targets(
     n_grid = int(np.ceil(duration * _GRID_HZ)) + 2
     grid = np.arange(n_grid) * dt
     t = frame_times(n, fps)
-    energy, f0 = _audio_features(pcm, int(sample_rate), n_grid)
+    vowel_mask = None
+    if parsed:  # pitch is only read inside vowels: skip the rest
+        vowel_mask = np.zeros(n_grid, dtype=bool)
+        for p, s, e in parsed:
+            if p in VOWELS:
+                vowel_mask |= (grid >= s) & (grid < e)
+    energy, f0 = _audio_features(pcm, int(sample_rate), n_grid, vowel_mask)
     speech = _speech_mask(parsed, grid, energy)
 
     # --- blinks: gamma renewal process + blinks at pauses
