@@ -313,6 +313,17 @@ class _Collected:
     targets: list[np.ndarray]
     labels: list[np.ndarray]
     phones: list[list[list[object]]]
+    sources: list[str]
+
+    def subset(self, source: str) -> _Collected:
+        keep = [i for i, s in enumerate(self.sources) if s == source]
+        return _Collected(
+            [self.preds[i] for i in keep],
+            [self.targets[i] for i in keep],
+            [self.labels[i] for i in keep],
+            [self.phones[i] for i in keep],
+            [source] * len(keep),
+        )
 
 
 def score(
@@ -368,10 +379,12 @@ def _predict_all(
     controls: object | None,
     generate: object | None,
     label: str,
+    timing: dict[str, float] | None = None,
 ) -> dict[str, dict[str, _Collected]]:
-    """Run every system on every utterance -> {group: {system: signals}}."""
+    """Run every system on every utterance -> {group: {system: signals}}; adds model time to ``timing``."""
     out: dict[str, dict[str, _Collected]] = {}
     t0 = time.perf_counter()
+    timing = timing if timing is not None else {}
     for i, utt in enumerate(utts):
         pcm, rate = read_audio(utt.wav)
         n = int(math.ceil(len(pcm) / rate * fps))
@@ -379,7 +392,10 @@ def _predict_all(
         labels = frame_labels(utt.phones, n, fps)
         systems = {"oracle": target, "baseline": loudness_aperture(pcm, rate, n, fps)}
         if model is not None:
+            g0 = time.perf_counter()
             motion = generate(model, pcm, rate, fps=fps, controls=controls)  # type: ignore[operator]
+            timing["model_s"] = timing.get("model_s", 0.0) + time.perf_counter() - g0
+            timing["audio_s"] = timing.get("audio_s", 0.0) + len(pcm) / rate
             motion = np.asarray(motion, dtype=np.float32)
             if motion.ndim != 2 or motion.shape[1] != N_CHANNELS:
                 raise RuntimeError(f"generate_motion returned shape {motion.shape} for {utt.id}")
@@ -388,11 +404,12 @@ def _predict_all(
             systems["model"] = pred
         group = "real" if utt.real else "tts"
         for name, pred in systems.items():
-            col = out.setdefault(group, {}).setdefault(name, _Collected([], [], [], []))
+            col = out.setdefault(group, {}).setdefault(name, _Collected([], [], [], [], []))
             col.preds.append(np.asarray(pred, dtype=np.float32))
             col.targets.append(target)
             col.labels.append(labels)
             col.phones.append(utt.phones)
+            col.sources.append(utt.source)
         if (i + 1) % 25 == 0 or i + 1 == len(utts):
             print(
                 f"  {label}: {i + 1}/{len(utts)} utterances, {time.perf_counter() - t0:.0f} s",
@@ -464,14 +481,25 @@ def evaluate(
     if val:
         thresholds = _thresholds(_predict_all(val, fps, model, controls, generate, "val"))
         rule = f"val split ({len(val)} utterances), max balanced accuracy"
-    test = _predict_all(utts, fps, model, controls, generate, split)
+    timing: dict[str, float] = {}
+    test = _predict_all(utts, fps, model, controls, generate, split, timing)
     groups: dict[str, dict[str, dict[str, float]]] = {}
+    by_source: dict[str, dict[str, dict[str, float]]] = {}
     for group, systems in sorted(test.items()):
         for system, col in systems.items():
             thr = thresholds.get(system, FIXED_THRESHOLD)
             groups.setdefault(group, {})[system] = score(
                 col.preds, col.targets, col.labels, col.phones, fps, thr
             )
+            if system == "oracle":
+                continue
+            for source in sorted(set(col.sources)):
+                sub = col.subset(source)
+                by_source.setdefault(source, {})[system] = score(
+                    sub.preds, sub.targets, sub.labels, sub.phones, fps, thr
+                )
+    if timing.get("model_s"):
+        model_info["real_time_factor"] = timing["audio_s"] / timing["model_s"]
     report = {
         "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "corpus": str(corpus),
@@ -481,6 +509,7 @@ def evaluate(
         "threshold_rule": rule,
         "thresholds": thresholds,
         "groups": groups,
+        "by_source": by_source,
         "targets": {"balanced_accuracy": 0.85, "auc": 0.90, "abs_lag_ms": 20.0},
     }
     return report, test
