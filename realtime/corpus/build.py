@@ -295,15 +295,19 @@ class _LazyAligner:
 
 def run_job(job: Job, out_dir: Path, aligner: _LazyAligner) -> Result:
     """Produce one job's WAVs (original + augmented copies) under ``out_dir``; never raises for bad data."""
-    from realtime.augment import apply as apply_augment
-
-    result = Result(job.id, job.source)
     with tempfile.TemporaryDirectory(prefix="corpus-") as tmp:
         try:
             speech = _synthesize(job, Path(tmp))
         except engines.SynthesisError as exc:
-            result.dropped = f"synthesis failed: {exc}"
-            return result
+            return Result(job.id, job.source, dropped=f"synthesis failed: {exc}")
+    return process(job, speech, out_dir, aligner)
+
+
+def process(job: Job, speech: engines.Speech, out_dir: Path, aligner: _LazyAligner) -> Result:
+    """Check/align one utterance's phones, then write it and its augmented copies (or say why it is dropped)."""
+    from realtime.augment import apply as apply_augment
+
+    result = Result(job.id, job.source)
     pcm = speech.pcm
     duration = len(pcm) / engines.SAMPLE_RATE
     if duration < 0.3 or int(np.abs(pcm.astype(np.int32)).max(initial=0)) < 100:
@@ -314,8 +318,7 @@ def run_job(job: Job, out_dir: Path, aligner: _LazyAligner) -> Result:
     except UnknownPhoneError as exc:
         result.dropped = f"unknown phone: {exc.label!r} ({exc.source})"
         return result
-    needs_alignment = phones is None
-    if needs_alignment or (job.check and job.lang == "en"):
+    if phones is None or (job.check and job.lang == "en"):
         words = text.words_for_alignment(job.text)
         try:
             aligned = aligner.get().align(pcm, words)
@@ -331,9 +334,8 @@ def run_job(job: Job, out_dir: Path, aligner: _LazyAligner) -> Result:
                 result.dropped = f"timing check: aligner matched only {check.match_ratio:.0%} of phones"
                 return result
             if check.median_error_s > MAX_BOUNDARY_ERROR_S:
-                result.dropped = (
-                    f"timing check: median boundary error {1000 * check.median_error_s:.0f} ms > 40 ms"
-                )
+                ms = 1000 * check.median_error_s
+                result.dropped = f"timing check: median boundary error {ms:.0f} ms > 40 ms"
                 return result
     phones = clean_phones(phones, duration)
     if not any(p != SILENCE for p, _, _ in phones):
@@ -444,6 +446,7 @@ def build(
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp_dir = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    tmp_dir.chmod(0o755)  # mkdtemp makes it private; the published corpus is shared
     batches = _batches(job_list, max(1, jobs))
     results: list[Result] = []
     try:
