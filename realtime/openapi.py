@@ -36,20 +36,39 @@ BUSY = _error("At capacity (max sessions or job queue full)", retry_after=True)
 RATE_LIMITED = _error("Too many session creations from this address", retry_after=True)
 
 
-def _controls_schema() -> dict[str, Any]:
-    """The motion controls, with the seed API's names and ranges (``MotionControls.validated``)."""
-    return {
-        "type": "object",
-        "additionalProperties": True,
-        "properties": {
-            "inference_steps": {"type": "integer", "minimum": 1, "maximum": 8},
-            "dynamic_scale": {"type": "number", "minimum": 0, "maximum": 2},
-            "motion_scale": {"type": "number", "minimum": 0, "maximum": 2},
-            "smooth_motion": {"type": "number", "minimum": 0, "maximum": 1},
-            "align_mouth": {"type": "number", "minimum": -200, "maximum": 200, "description": "ms"},
-            "seed": {"type": "integer"},
-        },
+def _controls_schema(extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The motion controls with the seed API's names and ranges; unknown keys are refused (400)."""
+    props: dict[str, Any] = {
+        "inference_steps": {"type": "integer", "minimum": 1, "maximum": 8},
+        "dynamic_scale": {"type": "number", "minimum": 0, "maximum": 2},
+        "motion_scale": {"type": "number", "minimum": 0, "maximum": 2},
+        "smooth_motion": {"type": "number", "minimum": 0, "maximum": 1},
+        "align_mouth": {"type": "number", "minimum": -200, "maximum": 200, "description": "ms"},
+        "fps": {"type": "integer", "enum": [25, 30]},
     }
+    props.update(extra or {})
+    return {"type": "object", "additionalProperties": False, "properties": props}
+
+
+def _live_params() -> dict[str, Any]:
+    return _controls_schema(
+        {
+            "resolution": {"type": "integer", "minimum": 256, "maximum": 1024},
+            "seed": {"type": "integer", "minimum": 0, "maximum": 2**31 - 1},
+            "avatar": {"type": "string", "minLength": 1, "maxLength": 128},
+        }
+    )
+
+
+def _generate_config() -> dict[str, Any]:
+    return _controls_schema(
+        {
+            "duration": {"type": "number", "exclusiveMinimum": 0, "nullable": True},
+            "min_resolution": {"type": "integer", "minimum": 256, "maximum": 1024},
+            "expand_ratio": {"type": "number", "minimum": 0, "maximum": 0.5},
+            "seed": {"type": "integer", "minimum": 0, "maximum": 2**32 - 1},
+        }
+    )
 
 
 def build_spec(config: Config) -> dict[str, Any]:
@@ -111,10 +130,10 @@ def build_spec(config: Config) -> dict[str, Any]:
                 },
                 "responses": {
                     "200": _json("Answer", {"$ref": "#/components/schemas/Answer"}),
-                    "400": BAD_REQUEST,
+                    "400": _error("Malformed offer, no audio m-line, bad params, or unknown avatar"),
                     "401": UNAUTHORIZED,
-                    "404": _error("Unknown avatar"),
-                    "413": TOO_LARGE,
+                    "403": _error("Origin not in server.cors_origins"),
+                    "413": _error("SDP or body over the size limit"),
                     "429": RATE_LIMITED,
                     "503": BUSY,
                 },
@@ -132,7 +151,7 @@ def build_spec(config: Config) -> dict[str, Any]:
         "/sessions/{session_id}": {
             "parameters": [session_id],
             "get": {
-                "summary": "One session's state and statistics",
+                "summary": "One session's state and counters (fps, drops, latency)",
                 "responses": {
                     "200": _json("Session", {"$ref": "#/components/schemas/Session"}),
                     "401": UNAUTHORIZED,
@@ -140,9 +159,15 @@ def build_spec(config: Config) -> dict[str, Any]:
                 },
             },
             "delete": {
-                "summary": "Close a session",
+                "summary": "Close a session and free everything it holds",
                 "responses": {
-                    "200": _json("Closed", {"type": "object"}),
+                    "200": _json(
+                        "Closed",
+                        {
+                            "type": "object",
+                            "properties": {"session_id": {"type": "string"}, "closed": {"type": "boolean"}},
+                        },
+                    ),
                     "401": UNAUTHORIZED,
                     "404": NOT_FOUND,
                 },
@@ -168,16 +193,24 @@ def build_spec(config: Config) -> dict[str, Any]:
                 },
                 "responses": {
                     "200": _json("Registered", {"$ref": "#/components/schemas/Avatar"}),
-                    "400": BAD_REQUEST,
+                    "400": _error("Not multipart, no image, or not a usable portrait (see code)"),
                     "401": UNAUTHORIZED,
                     "413": TOO_LARGE,
-                    "422": _error("Not a usable portrait (no face, several faces, too small...)"),
                 },
             }
         },
         "/api/sonic/generate": {
             "post": {
                 "summary": "Offline generation (Sonic-compatible): audio + image -> MP4",
+                "parameters": [
+                    {
+                        "name": "async",
+                        "in": "query",
+                        "required": False,
+                        "description": "1/true: answer 202 with a job id at once instead of waiting",
+                        "schema": {"type": "string"},
+                    }
+                ],
                 "requestBody": {
                     "required": True,
                     "content": {
@@ -190,9 +223,7 @@ def build_spec(config: Config) -> dict[str, Any]:
                                     "image": {"type": "string", "format": "binary"},
                                     "config": {
                                         "type": "string",
-                                        "description": "JSON object: "
-                                        "duration, min_resolution, expand_ratio, inference_steps, "
-                                        "dynamic_scale, motion_scale, align_mouth, smooth_motion",
+                                        "description": "JSON object, see GenerateConfig",
                                     },
                                 },
                             }
@@ -201,11 +232,13 @@ def build_spec(config: Config) -> dict[str, Any]:
                 },
                 "responses": {
                     "200": _json("Generated", {"$ref": "#/components/schemas/GenerateResult"}),
-                    "202": _json("Accepted (asynchronous job)", {"$ref": "#/components/schemas/Job"}),
+                    "202": _json("Accepted (?async=1)", {"$ref": "#/components/schemas/JobAccepted"}),
                     "400": BAD_REQUEST,
                     "401": UNAUTHORIZED,
-                    "413": TOO_LARGE,
-                    "422": _error("Unusable image or audio"),
+                    "413": _error("Body, audio (bytes or seconds) or image over the limit"),
+                    "415": _error("The audio or image is not a supported format"),
+                    "422": _error("Unusable input (no face, undecodable audio...)"),
+                    "500": _error("The job failed inside the pipeline (a server fault)"),
                     "503": BUSY,
                 },
             }
@@ -213,9 +246,29 @@ def build_spec(config: Config) -> dict[str, Any]:
         "/api/jobs/{job_id}": {
             "parameters": [job_id],
             "get": {
-                "summary": "An offline job's status",
+                "summary": "An offline job's status and progress",
                 "responses": {
                     "200": _json("Job", {"$ref": "#/components/schemas/Job"}),
+                    "401": UNAUTHORIZED,
+                    "404": NOT_FOUND,
+                },
+            },
+            "delete": {
+                "summary": "Cancel a queued or running job",
+                "responses": {
+                    "202": _json("Cancelled", {"$ref": "#/components/schemas/Job"}),
+                    "401": UNAUTHORIZED,
+                    "404": NOT_FOUND,
+                    "409": _json("Already finished", {"$ref": "#/components/schemas/Job"}),
+                },
+            },
+        },
+        "/api/jobs/{job_id}/events": {
+            "parameters": [job_id],
+            "get": {
+                "summary": "Server-sent events: progress, then done / failed / cancelled",
+                "responses": {
+                    "200": {"description": "Event stream", "content": {"text/event-stream": {}}},
                     "401": UNAUTHORIZED,
                     "404": NOT_FOUND,
                 },
@@ -230,7 +283,9 @@ def build_spec(config: Config) -> dict[str, Any]:
                 ],
                 "responses": {
                     "200": {"description": "MP4 video", "content": {"video/mp4": {}}},
+                    "206": {"description": "Part of the MP4 (Range request)", "content": {"video/mp4": {}}},
                     "404": NOT_FOUND,
+                    "416": _error("Range not satisfiable"),
                 },
             }
         },
@@ -269,7 +324,7 @@ def _schemas() -> dict[str, Any]:
                 "sdp": {"type": "string", "description": "SDP offer with an audio m-line"},
                 "type": {"type": "string", "enum": ["offer"]},
                 "avatar": {"type": "string", "description": "'default' or a key from /api/avatars"},
-                "params": _controls_schema(),
+                "params": _live_params(),
             },
         },
         "Answer": {
@@ -281,16 +336,70 @@ def _schemas() -> dict[str, Any]:
                 "session_id": {"type": "string"},
             },
         },
-        "Session": {"type": "object", "properties": {"session_id": {"type": "string"}}},
-        "SessionList": {"type": "object"},
-        "Avatar": {"type": "object", "properties": {"key": {"type": "string"}}},
+        "Session": {
+            "type": "object",
+            "required": ["session_id", "state"],
+            "properties": {
+                "session_id": {"type": "string"},
+                "state": {"type": "string"},
+                "connection": {"type": "string"},
+                "params": {"type": "object"},
+                "frames_sent": {"type": "integer"},
+                "frames_dropped": {"type": "integer"},
+                "first_frame_s": {"type": "number", "nullable": True},
+            },
+        },
+        "SessionList": {
+            "type": "object",
+            "required": ["sessions", "max_sessions"],
+            "properties": {
+                "sessions": {"type": "array", "items": {"$ref": "#/components/schemas/Session"}},
+                "max_sessions": {"type": "integer"},
+            },
+        },
+        "Avatar": {
+            "type": "object",
+            "required": ["avatar"],
+            "properties": {
+                "success": {"type": "boolean"},
+                "avatar": {"type": "string", "description": "key for /offer's 'avatar'"},
+                "width": {"type": "integer"},
+                "height": {"type": "integer"},
+                "expand_ratio": {"type": "number"},
+            },
+        },
+        "GenerateConfig": _generate_config(),
         "GenerateResult": {
             "type": "object",
+            "required": ["success"],
             "properties": {
                 "success": {"type": "boolean"},
                 "video_url": {"type": "string"},
                 "output_path": {"type": "string"},
             },
         },
-        "Job": {"type": "object", "properties": {"job_id": {"type": "string"}, "status": {"type": "string"}}},
+        "JobAccepted": {
+            "type": "object",
+            "properties": {
+                "success": {"type": "boolean"},
+                "job_id": {"type": "string"},
+                "status": {"type": "string"},
+                "status_url": {"type": "string"},
+                "events_url": {"type": "string"},
+            },
+        },
+        "Job": {
+            "type": "object",
+            "required": ["id", "status"],
+            "properties": {
+                "id": {"type": "string"},
+                "status": {"type": "string"},
+                "progress": {"type": "number"},
+                "stage": {"type": "string", "nullable": True},
+                "error": {"type": "string"},
+                "code": {"type": "string", "nullable": True},
+                "video_url": {"type": "string"},
+                "output_path": {"type": "string"},
+            },
+        },
     }

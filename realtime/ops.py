@@ -20,10 +20,13 @@ import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
 
 from realtime.config import Config
 from realtime.logs import REQUEST_ID
@@ -44,6 +47,7 @@ OPEN_PREFIXES = ("/static/", "/output/")
 RATE_LIMITED = frozenset({("POST", "/offer"), ("POST", "/sessions")})
 
 MAX_SDP_BYTES = 64 * 1024
+MAX_PATH_SEGMENT = 255  # NAME_MAX on Linux
 # The JSON around the SDP (avatar, params, escaping) gets generous room, but stays small.
 MAX_OFFER_BODY = 4 * MAX_SDP_BYTES
 
@@ -236,7 +240,7 @@ def make_cors_middleware(allowed: tuple[str, ...]) -> Any:
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Turn every error into JSON: HTTP errors keep their status, anything else is a logged 500."""
     try:
-        return await handler(request)
+        response = await handler(request)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -250,9 +254,24 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return json_error(exc.status, detail, _keep_headers(exc))
     except ConnectionResetError:  # the client went away: nobody to answer
         raise
+    except (RequestPayloadError, HttpProcessingError) as exc:
+        # The body could not be read as sent (bad gzip/deflate, broken chunking): the client's fault.
+        return json_error(400, f"malformed request body: {_first_line(exc)}")
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
         return json_error(500, "internal server error")
+    if isinstance(response, web.FileResponse) and not response.prepared:
+        # A FileResponse only finds out at send time that its file is missing and then answers an
+        # empty 404; look now so the client gets the usual JSON error instead.
+        path = getattr(response, "_path", None)
+        if path is not None and not Path(path).is_file():  # noqa: ASYNC240 (one stat, no I/O wait)
+            return json_error(404, "Not Found")
+    return response
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[-1].strip()[:200] if text else type(exc).__name__
 
 
 def _keep_headers(exc: web.HTTPException) -> dict[str, str]:
@@ -291,6 +310,9 @@ def make_limits_middleware(config: Config) -> Any:
 
     @web.middleware
     async def limits_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if any(len(part) > MAX_PATH_SEGMENT for part in request.path.split("/")):
+            # Longer than any file name or id we issue; the OS would refuse it (ENAMETOOLONG) anyway.
+            return _reject("path", request, 414, f"path segment longer than {MAX_PATH_SEGMENT} characters")
         length = request.content_length
         if length is not None and length > max_body:
             # Refuse before reading: handlers that stream multipart would not see client_max_size.
@@ -349,8 +371,9 @@ def setup_ops(app: web.Application) -> None:
         return web.json_response({"status": "ok"})
 
     async def readyz(request: web.Request) -> web.Response:
-        ready = bool(request.app[ENGINE_KEY].ready)
-        return web.json_response({"ready": ready}, status=200 if ready else 503)
+        if request.app[ENGINE_KEY].ready:
+            return web.json_response({"ready": True})
+        return web.json_response({"ready": False, "error": "models are still loading"}, status=503)
 
     async def metrics(request: web.Request) -> web.Response:
         body = request.app[METRICS_KEY].exposition()

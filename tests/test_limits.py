@@ -133,3 +133,11 @@ async def test_session_creation_rate_limit(make_client, test_config):
     assert (await client.get("/healthz")).status == 200
     text = await (await client.get("/metrics")).text()
     assert 'avatar_http_rejected_total{reason="rate_limit"} 2.0' in text
+
+
+async def test_overlong_path_segment_is_414(make_client):
+    client = await make_client()
+    for path in ("/static/" + "x" * 5000 + ".png", "/output/" + "y" * 300, "/api/jobs/" + "z" * 256):
+        resp = await client.get(path)
+        assert resp.status == 414 and resp.content_type == "application/json", path
+    assert (await client.get("/static/" + "x" * 200)).status == 404
