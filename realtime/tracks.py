@@ -207,13 +207,14 @@ class AvatarVideoTrack(MediaStreamTrack):
                 if self._on_sent is not None:
                     for _ in range(skipped):
                         self._on_sent(-1, None, True)
+        first = self._next is None
         self._next = n + 1
         target = self.clock.wall(n / self.fps)
         wait = target - time.monotonic()
-        if wait > 0:
+        if wait > 0 and not first:  # the first frame goes out at once: the peer sees the avatar sooner
             await asyncio.sleep(wait)
         ready = self.frames.take(n)
-        if ready is None:
+        if ready is None and not first:
             deadline = target + self._grace
             while ready is None and (left := deadline - time.monotonic()) > 0:
                 await self.frames.wait_for_new(left)

@@ -1,0 +1,339 @@
+"""``avatar bench live``: N concurrent live sessions over real WebRTC on loopback.
+
+The server runs as a separate process (``avatar serve``) so its CPU time is measured
+apart from the clients'. Each client sends speech made of short words after silences
+(sharp onsets) and records what comes back. Reported:
+
+* CPU per session: server CPU time / wall / N (encode included), and server RSS over time;
+* delivered fps and dropped frames (server counters and gaps in received pts);
+* time from the answer to the first received frame;
+* audio-to-mouth latency p50/p95: a sound onset leaving the client -> the first received
+  frame whose mouth region (pixels) moved, measured per onset;
+* A/V offset of the returned tracks (mouth onset vs the returned voice's onset) and the drift
+  of the returned voice's delay between the first and last part of the run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from realtime.config import ROOT
+
+WORDS = ("Papa", "Bob", "Mama", "Apple", "Baby", "Pop")
+GAP_S = 1.2  # silence before every word: each word is a fresh onset
+
+
+def make_speech(seconds: float, workdir: Path) -> tuple[np.ndarray, list[float]]:
+    """16 kHz speech: words after silences, repeated to ``seconds``; returns pcm and onset times."""
+    from realtime.ingest import RATE
+
+    words = []
+    for i, word in enumerate(WORDS):
+        path = workdir / f"w{i}.wav"
+        subprocess.run(["flite", "-voice", "kal", "-t", word, "-o", str(path)], check=True)
+        words.append(_read_wav(path))
+    parts, onsets, t = [], [], 0.0
+    i = 0
+    while t < seconds:
+        w = words[i % len(words)]
+        env = np.abs(w)
+        start = int(np.argmax(env > 0.02))
+        w = w[start:]
+        parts += [np.zeros(int(GAP_S * RATE), np.float32), w]
+        t += GAP_S
+        onsets.append(t)
+        t += len(w) / RATE
+        i += 1
+    return np.concatenate(parts).astype(np.float32), onsets
+
+
+def _read_wav(path: Path) -> np.ndarray:
+    import wave
+
+    with wave.open(str(path), "rb") as wf:
+        x = np.frombuffer(wf.readframes(wf.getnframes()), "<i2").astype(np.float32) / 32768.0
+        x = x.reshape(-1, wf.getnchannels()).mean(axis=1)
+        rate = wf.getframerate()
+    if rate != 16000:
+        from scipy.signal import resample_poly
+
+        g = np.gcd(rate, 16000)
+        x = resample_poly(x, 16000 // g, rate // g).astype(np.float32)
+    return x
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _proc_cpu(pid: int) -> float:
+    """User + system CPU seconds of a process (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _proc_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024.0
+    return 0.0
+
+
+class MouthMeter:
+    """Mean absolute change of the mouth region against the rest pose, from the real renderer."""
+
+    def __init__(self, resolution: int, cache_dir: str) -> None:
+        from realtime.config import load_config
+        from realtime.engine import Engine
+        from realtime.motion import idx, neutral
+
+        engine = Engine(load_config(overrides=[f"avatars.cache_dir={cache_dir}"], env={}))
+        try:
+            renderer = engine.renderer(engine.avatar("default"), resolution)
+            rest = renderer.render(neutral()).astype(np.float32)
+            m = neutral()
+            m[idx("jawOpen")] = 1.0
+            diff = np.abs(renderer.render(m).astype(np.float32) - rest).mean(axis=2)
+        finally:
+            engine.close()
+        ys, xs = np.nonzero(diff > 12.0)
+        self.box = (ys.min(), ys.max() + 1, xs.min(), xs.max() + 1)
+        y0, y1, x0, x1 = self.box
+        self.rest = rest[y0:y1, x0:x1]
+        self.mask = (diff > 12.0)[y0:y1, x0:x1]
+
+    def __call__(self, frame: Any) -> float:
+        y0, y1, x0, x1 = self.box
+        rgb = frame.to_ndarray(format="rgb24")[y0:y1, x0:x1].astype(np.float32)
+        return float(np.abs(rgb - self.rest).mean(axis=2)[self.mask].mean())
+
+
+def analyse(client: Any, onsets: list[float], fps: int) -> dict[str, Any]:
+    """Per-session numbers from what one client received."""
+    video = client.video
+    arrivals = np.array([v.arrival for v in video])
+    score = np.array([v.image for v in video], dtype=np.float64)
+    pts = np.array([v.pts for v in video])
+    step = 90000 // fps
+    missing = int(np.sum(np.maximum(np.diff(pts) // step - 1, 0))) if len(pts) > 1 else 0
+    span = arrivals[-1] - arrivals[0] if len(arrivals) > 1 else 0.0
+    started = client.track.started_at
+    sent_at = [started + t for t in onsets]
+    # silence baseline: frames arriving in the second half of each pre-onset gap (+ pipeline)
+    audio = client.audio
+    a_arr = np.array([a.arrival for a in audio])
+    a_rms = np.array([float(np.sqrt(np.mean(a.pcm**2))) for a in audio])
+    lat_mouth, lat_audio = [], []
+    for s in sent_at:
+        if s + 1.0 > arrivals[-1]:
+            break
+        base_sel = (arrivals > s - GAP_S / 2) & (arrivals < s + 0.02)
+        after = (arrivals >= s - 0.1) & (arrivals < s + 0.8)
+        if base_sel.sum() < 3 or after.sum() < 5:
+            continue
+        base = float(np.median(score[base_sel]))
+        peak = float(score[after].max())
+        if peak - base < 2.0:
+            continue  # the mouth did not visibly move for this word
+        thr = base + 0.3 * (peak - base)
+        hit = np.flatnonzero(after & (score > thr))
+        # the frame at or before the onset is the earliest it could be; later frames are latency
+        lat_mouth.append(float(arrivals[hit[0]] - s))
+        a_sel = np.flatnonzero((a_arr >= s) & (a_arr < s + 0.8) & (a_rms > 0.02))
+        if len(a_sel):
+            lat_audio.append(float(a_arr[a_sel[0]] - s))
+    av = (
+        [m - a for m, a in zip(lat_mouth, lat_audio, strict=False)]
+        if len(lat_mouth) == len(lat_audio)
+        else []
+    )
+    return {
+        "frames": len(video),
+        "fps": (len(video) - 1) / span if span > 0 else 0.0,
+        "pts_gaps": missing,
+        "first_frame_s": float(arrivals[0] - client.answered_at) if len(arrivals) else None,
+        "latency_mouth": lat_mouth,
+        "latency_audio": lat_audio,
+        "av_offset": av,
+    }
+
+
+def _audio_delay_drift(client: Any, window_s: float = 4.0) -> tuple[float | None, float | None]:
+    """Delay of the returned voice (send -> arrival, by cross-correlation) near the start and the end.
+
+    The lag is searched only within 0..1.5 s of the window's arrival time, because the input
+    repeats its words and a free search could match another repetition.
+    """
+    from realtime.tracks import AUDIO_RATE
+
+    got, _ = client.audio_pcm()
+    sent = client.track.pcm48
+    window = int(window_s * AUDIO_RATE)
+    base_pts = client.audio[0].pts
+    out: list[float | None] = []
+    for lo in (AUDIO_RATE, len(got) - window - AUDIO_RATE):
+        part = got[lo : lo + window]
+        if lo < 0 or len(part) < window or part.std() < 1e-3:
+            out.append(None)
+            continue
+        frame = next(i for i, a in enumerate(client.audio) if a.pts - base_pts + len(a.pcm) > lo)
+        arrival = client.audio[frame].arrival
+        # sent index of part[0] is in [arrival - 1.5 s, arrival] on the sender's clock
+        hi_i = int((arrival - client.track.started_at) * AUDIO_RATE)
+        lo_i = max(0, hi_i - int(1.5 * AUDIO_RATE))
+        seg = sent[lo_i : hi_i + window]
+        if len(seg) < window:
+            out.append(None)
+            continue
+        scores = [float(np.dot(part, seg[k : k + window])) for k in range(0, len(seg) - window + 1, 48)]
+        k0 = int(np.argmax(scores)) * 48
+        fine = range(max(0, k0 - 48), min(len(seg) - window, k0 + 48) + 1)
+        k = max(fine, key=lambda j: float(np.dot(part, seg[j : j + window])))
+        out.append(float(arrival - client.track.sent_at(lo_i + k)))
+    return out[0], out[1]
+
+
+def _loadavg() -> list[str]:
+    return Path("/proc/loadavg").read_text().split()[:3]
+
+
+def start_server(sessions: int, cache_dir: Path) -> tuple[subprocess.Popen, str]:
+    """``avatar serve`` on a free loopback port, as its own process (its CPU is what we measure)."""
+    port = _free_port()
+    cmd = [sys.executable, "-m", "realtime.cli", "serve", "--host", "127.0.0.1", "--port", str(port)]
+    cmd += ["--log-level", "WARNING", "--set", f"server.max_sessions={max(sessions, 1)}"]
+    cmd += ["--set", "server.rate_limit_per_minute=1000", "--set", f"avatars.cache_dir={cache_dir}"]
+    return subprocess.Popen(cmd, cwd=ROOT), f"http://127.0.0.1:{port}"
+
+
+async def measure(
+    args: argparse.Namespace,
+    server: subprocess.Popen,
+    url: str,
+    pcm: np.ndarray,
+    onsets: list[float],
+    meter: MouthMeter,
+) -> dict[str, Any]:
+    """Run the sessions against a started server and analyse what came back."""
+    import aiohttp
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    from webrtc_client import AvatarClient  # the reusable test client
+
+    result: dict[str, Any] = {
+        "sessions": args.sessions,
+        "seconds": args.seconds,
+        "resolution": args.resolution,
+    }
+    async with aiohttp.ClientSession() as http:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                async with http.get(f"{url}/readyz") as r:
+                    if r.status == 200:
+                        break
+            except aiohttp.ClientError:
+                pass
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("the server did not become ready")
+            await asyncio.sleep(0.5)
+        clients = [
+            AvatarClient(
+                url,
+                pcm,
+                16000,
+                params={"fps": args.fps, "resolution": args.resolution},
+                video_transform=meter,
+                heartbeat=1.0,
+            )
+            for _ in range(args.sessions)
+        ]
+        cpu0, t0, rss0 = _proc_cpu(server.pid), time.monotonic(), _proc_rss_mb(server.pid)
+        for c in clients:
+            await c.connect(http)
+            await asyncio.sleep(0.1)
+        rss = []
+        end = time.monotonic() + args.seconds
+        while time.monotonic() < end:
+            await asyncio.sleep(min(10.0, max(0.0, end - time.monotonic())))
+            rss.append(round(_proc_rss_mb(server.pid), 1))
+        cpu1, t1 = _proc_cpu(server.pid), time.monotonic()
+        infos = []
+        for c in clients:
+            async with http.get(f"{url}/sessions/{c.session_id}") as r:
+                infos.append(await r.json())
+        for c in clients:
+            await c.close()
+    per = [analyse(c, onsets, args.fps) for c in clients]
+    drift = [_audio_delay_drift(c) for c in clients]
+    lat = np.array([x for p in per for x in p["latency_mouth"]])
+    av = np.array([x for p in per for x in p["av_offset"]])
+    result.update(
+        {
+            "cpu_per_session_pct": round(100.0 * (cpu1 - cpu0) / (t1 - t0) / max(args.sessions, 1), 1),
+            "server_cpu_pct": round(100.0 * (cpu1 - cpu0) / (t1 - t0), 1),
+            "fps_delivered": [round(p["fps"], 2) for p in per],
+            "frames_sent_server": [i["frames_sent"] for i in infos],
+            "frames_dropped_server": [i["frames_dropped"] for i in infos],
+            "pts_gaps_client": [p["pts_gaps"] for p in per],
+            "first_frame_after_answer_ms": [round(1000 * p["first_frame_s"], 1) for p in per],
+            "latency_onsets": int(len(lat)),
+            "latency_p50_ms": round(float(np.percentile(lat, 50)) * 1000, 1) if len(lat) else None,
+            "latency_p95_ms": round(float(np.percentile(lat, 95)) * 1000, 1) if len(lat) else None,
+            "server_latency_ms": [i.get("latency_ms") for i in infos],
+            "pipeline_delay_ms": infos[0]["pipeline_delay_ms"] if infos else None,
+            "av_offset_p50_ms": round(float(np.median(av)) * 1000, 1) if len(av) else None,
+            "audio_delay_first_last_ms": [
+                [None if d is None else round(d * 1000, 1) for d in pair] for pair in drift
+            ],
+            "rss_mb_start_end": [round(rss0, 1), rss[-1] if rss else None],
+            "rss_mb_samples": rss,
+            "loadavg_end": _loadavg(),
+        }
+    )
+    return result
+
+
+def cli_main(argv: list[str]) -> int:
+    """``avatar bench live --sessions N [--seconds S]``."""
+    parser = argparse.ArgumentParser(prog="avatar bench live", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sessions", type=int, default=1)
+    parser.add_argument("--seconds", type=float, default=30.0)
+    parser.add_argument("--fps", type=int, default=25, choices=(25, 30))
+    parser.add_argument("--resolution", type=int, default=512)
+    parser.add_argument("--json", type=Path, default=None, help="also write the result here")
+    args = parser.parse_args(argv)
+    if args.sessions < 1 or args.seconds < 5:
+        parser.error("--sessions must be >= 1 and --seconds >= 5")
+    work = Path(tempfile.mkdtemp(prefix="bench-live-"))
+    pcm, onsets = make_speech(args.seconds + 2, work)
+    meter = MouthMeter(args.resolution, str(work / "avatars"))
+    server, url = start_server(args.sessions, work / "avatars")
+    try:
+        result = asyncio.run(measure(args, server, url, pcm, onsets, meter))
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.json is not None:
+        args.json.write_text(text + "\n")
+    return 0
