@@ -142,7 +142,8 @@ def build(image: np.ndarray, landmarks: np.ndarray, *, expand_ratio: float = 0.1
 
     # -- extra vertices: split line through the mouth (upper and lower copies)
     split_x = np.linspace(up_in[0, 0], up_in[-1, 0], 13)[1:-1]
-    mid = _teeth_edge(image, fr, split_x, y_up(split_x), y_lo(split_x)) if gap0 > 0.06 * E else None
+    photo_open = gap0 > 0.06 * E and _gap_is_open(image, fr, split_x, y_up(split_x), y_lo(split_x))
+    mid = _teeth_edge(image, fr, split_x, y_up(split_x), y_lo(split_x)) if photo_open else None
     if mid is None:
         mid = (y_up(split_x) + y_lo(split_x)) / 2
     eps = 0.25
@@ -152,8 +153,9 @@ def build(image: np.ndarray, landmarks: np.ndarray, *, expand_ratio: float = 0.1
     ring_scale = np.where(oval[:, 1] > L[NOSE_BOTTOM, 1], 2.0, 1.35 + expand_ratio)
     ring = oval * ring_scale[:, None]
     # pose mask: ellipse around the face, smooth falloff to zero
-    s_in = 1.25 + expand_ratio
-    s_out = s_in + 0.6
+    # (wide enough that hair turns with the head; the falloff lands on background)
+    s_in = 1.5 + expand_ratio
+    s_out = s_in + 0.7
     ax, ay = w_half * 1.0, h_half * 1.0
     t = np.linspace(0, 2 * np.pi, 48, endpoint=False)
     ell = np.stack([np.cos(t) * ax * s_out, np.sin(t) * ay * s_out], 1)
@@ -326,9 +328,6 @@ def build(image: np.ndarray, landmarks: np.ndarray, *, expand_ratio: float = 0.1
         fields[fi] = rasterize(tris, vertices + dv, -dv, (x0, y0), step, (gh, gw))
 
     # -- head pose: smooth analytic fields (mask x rigid motion + nose parallax)
-    G_local = fr.local(grid)
-    r_ell = np.sqrt((G_local[:, 0] / (ax * 1.0)) ** 2 + (G_local[:, 1] / (ay * 1.0)) ** 2)
-    mask = 1 - _smoothstep(s_in, s_out, r_ell)
     z = lm[:, 2]
     z_ring = float(np.median(z[list(FACE_OVAL)]))
     depth = np.clip((z_ring - z) / E, 0, None)
@@ -336,15 +335,38 @@ def build(image: np.ndarray, landmarks: np.ndarray, *, expand_ratio: float = 0.1
     depth_v[:n_lm] = depth
     depth_v[i_su] = depth[13]
     depth_v[i_sl] = depth[14]
-    par = rasterize(tris, vertices, depth_v[:, None], (x0, y0), step, (gh, gw)).ravel()
+    par_grid = rasterize(tris, vertices, depth_v[:, None], (x0, y0), step, (gh, gw))[..., 0].astype(
+        np.float32
+    )
     th = math.radians(POSE_REF_DEG)
-    fwd_yaw = fr.to_image(np.stack([th * E * (0.55 * mask + 0.9 * par), np.zeros_like(mask)], 1))
-    fwd_pitch = fr.to_image(np.stack([np.zeros_like(mask), th * E * (0.45 * mask + 0.9 * par)], 1))
-    pivot = fr.origin + fr.ey * 1.4 * h_half
-    rel = grid - pivot
-    fwd_roll = th * mask[:, None] * np.stack([-rel[:, 1], rel[:, 0]], 1)
-    for name, fwd in (("headYaw", fwd_yaw), ("headPitch", fwd_pitch), ("headRoll", fwd_roll)):
-        fields[FIELD_INDEX[name]] = (-fwd).reshape(gh, gw, 2)
+    pivot = fr.origin + fr.ey * 1.0 * h_half  # about the chin: less sweep at the top of the hair
+
+    def pose_forward(pts: np.ndarray, par: np.ndarray) -> dict[str, np.ndarray]:
+        q = fr.local(pts)
+        mask = 1 - _smoothstep(s_in, s_out, np.sqrt((q[:, 0] / ax) ** 2 + (q[:, 1] / ay) ** 2))
+        zero = np.zeros_like(mask)
+        rel = pts - pivot
+        return {
+            "headYaw": fr.to_image(np.stack([th * E * (0.55 * mask + 0.9 * par), zero], 1)),
+            "headPitch": fr.to_image(np.stack([zero, th * E * (0.45 * mask + 0.9 * par)], 1)),
+            "headRoll": th * mask[:, None] * np.stack([-rel[:, 1], rel[:, 0]], 1),
+        }
+
+    def par_at(pts: np.ndarray) -> np.ndarray:
+        import cv2
+
+        g = ((pts - [x0, y0]) / step).astype(np.float32)
+        return cv2.remap(par_grid, g[:, :1], g[:, 1:], cv2.INTER_LINEAR, borderValue=0.0)[:, 0]
+
+    # backward field = inverse of the forward one, by two fixed-point steps (the fields are smooth)
+    for name, fwd in pose_forward(grid, par_grid.ravel()).items():
+        back = -fwd
+        for _ in range(2):
+            src = grid + back
+            back = -pose_forward(src, par_at(src))[name]
+        fields[FIELD_INDEX[name]] = back.reshape(gh, gw, 2)
+    for name, fwd in pose_forward(vertices, depth_v).items():
+        disp[FIELD_INDEX[name]] = fwd
 
     # the warp must be exactly still outside the moving region (pixel identity there)
     fields[np.abs(fields) < 1e-3] = 0.0
@@ -365,7 +387,7 @@ def build(image: np.ndarray, landmarks: np.ndarray, *, expand_ratio: float = 0.1
         "open_fit_px": d_fit,
         "split_upper": [int(UPPER_INNER[0])] + i_su.tolist() + [int(UPPER_INNER[-1])],
         "split_lower": [int(LOWER_INNER[0])] + i_sl.tolist() + [int(LOWER_INNER[-1])],
-        "photo_open": bool(gap0 > 0.06 * E),
+        "photo_open": bool(photo_open),
         "patches": _patches(vertices, disp, E),
         "n_ring": n_ring,
         **colors,
@@ -382,21 +404,38 @@ def build(image: np.ndarray, landmarks: np.ndarray, *, expand_ratio: float = 0.1
     )
 
 
+def _sample_gap(image: np.ndarray, fr: _Frame, xs: np.ndarray, yu: np.ndarray, yl: np.ndarray, n: int = 24):
+    """RGB samples (len(xs), n, 3) down each column of the lip gap, and their local y."""
+    import cv2
+
+    t = np.linspace(0.0, 1.0, n)
+    ly = yu[:, None] + (yl - yu)[:, None] * t[None, :]
+    pts = fr.to_image_points(np.stack([np.broadcast_to(xs[:, None], ly.shape), ly], -1))
+    rgb = cv2.remap(image, pts[..., 0].astype(np.float32), pts[..., 1].astype(np.float32), cv2.INTER_LINEAR)
+    return rgb.astype(np.float64), ly
+
+
+def _gap_is_open(image: np.ndarray, fr: _Frame, xs: np.ndarray, yu: np.ndarray, yl: np.ndarray) -> bool:
+    """Whether the inner-lip gap shows teeth or a dark cavity (an open mouth), not just lip."""
+    rgb, _ = _sample_gap(image, fr, xs, yu, yl)
+    inner = rgb[2:-2, 3:-3].reshape(-1, 3)  # away from the corners and the lip edges
+    lum = inner @ np.array([0.299, 0.587, 0.114])
+    sat = inner.max(-1) - inner.min(-1)
+    edge = np.concatenate([rgb[2:-2, 0], rgb[2:-2, -1]]) @ np.array([0.299, 0.587, 0.114])
+    ref = float(np.median(edge))  # lip tissue at the gap's top and bottom
+    teeth = (lum > ref * 1.12) & (sat < 0.45 * lum)
+    dark = lum < 0.55 * ref
+    return bool((teeth | dark).mean() > 0.3)
+
+
 def _teeth_edge(image: np.ndarray, fr: _Frame, xs: np.ndarray, yu: np.ndarray, yl: np.ndarray):
     """Where the upper teeth end in each column of an open mouth (the jaw opens below them).
 
     Scans each column of the lip gap from the top: the first bright run is the upper
     teeth. Columns without teeth split in the middle. None if no teeth are visible.
     """
-    import cv2
-
     n = 24
-    t = np.linspace(0.0, 1.0, n)
-    ly = yu[:, None] + (yl - yu)[:, None] * t[None, :]
-    pts = fr.to_image_points(np.stack([np.broadcast_to(xs[:, None], ly.shape), ly], -1))
-    rgb = cv2.remap(
-        image, pts[..., 0].astype(np.float32), pts[..., 1].astype(np.float32), cv2.INTER_LINEAR
-    ).astype(np.float64)
+    rgb, ly = _sample_gap(image, fr, xs, yu, yl, n)
     lum = rgb @ np.array([0.299, 0.587, 0.114])
     sat = rgb.max(-1) - rgb.min(-1)
     bright = (lum > 0.5 * (lum.max() + np.median(lum))) & (sat < 0.5 * lum)

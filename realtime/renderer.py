@@ -107,7 +107,9 @@ class PortraitRenderer:
         fields *= np.array([sx, sy], np.float32)
         fields[np.abs(fields) < 1e-3] = 0.0  # keep the still parts exactly still
         self._fields = np.ascontiguousarray(fields.reshape(len(FIELDS), -1))
+        self._face_mask = np.array([0.0 if n.startswith("head") else 1.0 for n in FIELDS], np.float32)
         self._patches = self._detail_patches(fields)
+        self._face_support = self._support(fields)
         x0, y0, x1, y1 = self._roi
         self._base_x = np.tile(np.arange(x0, x1, dtype=np.float32), (y1 - y0, 1))
         self._base_y = np.tile(np.arange(y0, y1, dtype=np.float32)[:, None], (1, x1 - x0))
@@ -127,14 +129,34 @@ class PortraitRenderer:
             "seam": bool(meta.get("photo_open", False)),
         }
         self._lock = threading.Lock()
-        self._last: tuple[bytes, np.ndarray] | None = None
-        self._torch = _TorchWarp(self.background, self._roi, self._grid) if backend == "torch" else None
+        self._last: tuple[bytes, np.ndarray | None] | None = None
+        self._torch = _TorchWarp(self.background) if backend == "torch" else None
+
+    def _support(self, fields: np.ndarray) -> tuple[int, int, int, int]:
+        """ROI-pixel box (y0, y1, x0, x1) outside which every face (non-pose) field is zero."""
+        gh, gw, r = self._grid
+        face = np.abs(fields[self._face_mask > 0]).reshape(-1, gh, gw, 2).max(axis=(0, 3)) > 0
+        boxes = [(p[0], p[1], p[2], p[3]) for p in self._patches]
+        if face.any():
+            ys, xs = np.nonzero(face)
+            # a coarse cell's value reaches one cell further after bilinear upsampling
+            boxes.append(((ys.min() - 1) * r, (ys.max() + 2) * r, (xs.min() - 1) * r, (xs.max() + 2) * r))
+        if not boxes:
+            return 0, 0, 0, 0
+        b = np.array(boxes)
+        x0, y0, x1, y1 = self._roi
+        return (
+            int(max(b[:, 0].min(), 0)),
+            int(min(b[:, 1].max(), y1 - y0)),
+            int(max(b[:, 2].min(), 0)),
+            int(min(b[:, 3].max(), x1 - x0)),
+        )
 
     def _detail_patches(self, coarse: np.ndarray) -> list[tuple[int, int, int, int, np.ndarray]]:
         """Full-resolution fields where the warp is sharp (lips, lids); a coarse grid would smear them.
 
-        Mesh fields are rasterised per output pixel; the smooth pose fields are
-        interpolated from the coarse grid. Returns (y0, y1, x0, x1, fields) in ROI coordinates.
+        Mesh fields are rasterised per output pixel (pose fields stay on the coarse
+        grid). Returns (y0, y1, x0, x1, fields) in ROI coordinates.
         """
         b = self.bundle
         sx, sy = self._scale
@@ -153,14 +175,10 @@ class PortraitRenderer:
             if ph <= 0 or pw <= 0:
                 continue
             f = np.zeros((len(FIELDS), ph, pw, 2), np.float32)
-            # coarse-grid coordinates of the patch pixels, for the smooth fields
-            gx = ((np.arange(px0, px1) - rx0 + 0.5) / r - 0.5).astype(np.float32)
-            gy = ((np.arange(py0, py1) - ry0 + 0.5) / r - 0.5).astype(np.float32)
-            GX, GY = np.meshgrid(gx, gy)
             for i, name in enumerate(FIELDS):
                 if name.startswith("head"):
-                    f[i] = cv2.remap(coarse[i], GX, GY, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-                elif np.any(disp[i]):
+                    continue  # pose is smooth: the coarse grid carries it
+                if np.any(disp[i]):
                     f[i] = rasterize(b.triangles, verts + disp[i], -disp[i], (px0, py0), 1.0, (ph, pw))
             f[np.abs(f) < 1e-3] = 0.0
             out.append(
@@ -183,71 +201,102 @@ class PortraitRenderer:
         with self._lock:
             last = self._last
         if last is not None and last[0] == key:
-            return last[1].copy()
-        frame = self._render(m)
-        with self._lock:
-            self._last = (key, frame)
-        return frame.copy()
-
-    def _render(self, m: np.ndarray) -> np.ndarray:
-        w = field_weights(m, self.bundle.meta)
-        frame = self.background.copy()
-        if not np.any(w):
-            return frame
-        gh, gw, r = self._grid
-        coarse = (w @ self._fields).reshape(gh, gw, 2)
-        x0, y0, x1, y1 = self._roi
-        if self._torch is not None:
-            warped = self._torch.warp(coarse)
+            warped = last[1]  # the same motion again (idle, a held frame): no warp work
         else:
-            dense = cv2.resize(coarse, (gw * r, gh * r), interpolation=cv2.INTER_LINEAR)
-            dense = dense[: y1 - y0, : x1 - x0]
-            for py0, py1, px0, px1, pf in self._patches:
-                dense[py0:py1, px0:px1] = (w @ pf).reshape(py1 - py0, px1 - px0, 2)
-            map_x = self._base_x + dense[..., 0]
-            map_y = self._base_y + dense[..., 1]
-            warped = cv2.remap(
-                self.background, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
-            )
+            warped = self._warp(m)
+            with self._lock:
+                self._last = (key, warped)
+        frame = self.background.copy()
+        if warped is not None:
+            x0, y0, x1, y1 = self._roi
+            frame[y0:y1, x0:x1] = warped
+        return frame
+
+    def _warp(self, m: np.ndarray) -> np.ndarray | None:
+        """The animated region for one clipped motion vector, or None when it equals the photo."""
+        w = field_weights(m, self.bundle.meta)
+        if not np.any(w):
+            return None
+        x0, y0, x1, y1 = self._roi
+        map_x, map_y = self._maps(w)
+        if self._torch is not None:
+            warped = self._torch.warp(map_x, map_y)
+        else:
+            m1, m2 = cv2.convertMaps(map_x, map_y, cv2.CV_16SC2)
+            warped = cv2.remap(self.background, m1, m2, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
         active = np.nonzero(w)[0]
         up = self._split_pts[0] + np.tensordot(w[active], self._split_disp[0][active], axes=1)
         lo = self._split_pts[1] + np.tensordot(w[active], self._split_disp[1][active], axes=1)
         paint_mouth(warped, (x0, y0), up, lo, self._mouth)
-        frame[y0:y1, x0:x1] = warped
-        return frame
+        warped.setflags(write=False)
+        return warped
+
+    @staticmethod
+    def _blend(w: np.ndarray, fields: np.ndarray) -> np.ndarray:
+        """Sum of weighted fields over the non-zero weights (most are zero; BLAS would add thread overhead)."""
+        out = np.zeros(fields.shape[1], np.float32)
+        for i in np.nonzero(w)[0]:
+            out += w[i] * fields[i]
+        return out
+
+    def _maps(self, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Absolute source coordinates (map_x, map_y) for every ROI pixel.
+
+        Face fields (lips, lids, brows) are sharp and defined on the still photo, so the
+        head pose is *composed* with them (face after un-posing), not added: adding
+        would slide the lip closure off the lips as the head moves.
+        """
+        gh, gw, r = self._grid
+        x0, y0, x1, y1 = self._roi
+        h, w_ = y1 - y0, x1 - x0
+        w_face = w * self._face_mask
+        w_pose = w - w_face
+        dense = None
+        if np.any(w_face):
+            coarse = self._blend(w_face, self._fields).reshape(gh, gw, 2)
+            dense = cv2.resize(coarse, (gw * r, gh * r), interpolation=cv2.INTER_LINEAR)[:h, :w_]
+            for py0, py1, px0, px1, pf in self._patches:
+                dense[py0:py1, px0:px1] = self._blend(w_face, pf).reshape(py1 - py0, px1 - px0, 2)
+        if not np.any(w_pose):
+            return self._base_x + dense[..., 0], self._base_y + dense[..., 1]
+        coarse = self._blend(w_pose, self._fields).reshape(gh, gw, 2)
+        pose = cv2.resize(coarse, (gw * r, gh * r), interpolation=cv2.INTER_LINEAR)[:h, :w_]
+        px = self._base_x + pose[..., 0]
+        py = self._base_y + pose[..., 1]
+        if dense is None:
+            return px, py
+        # compose only where the face fields can land: their support grown by the pose's reach
+        reach = int(np.ceil(np.abs(coarse).max())) + 2
+        fy0, fy1, fx0, fx1 = self._face_support
+        fy0, fx0 = max(fy0 - reach, 0), max(fx0 - reach, 0)
+        fy1, fx1 = min(fy1 + reach, h), min(fx1 + reach, w_)
+        sub_x, sub_y = px[fy0:fy1, fx0:fx1], py[fy0:fy1, fx0:fx1]
+        face = cv2.remap(
+            dense, sub_x - x0, sub_y - y0, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0
+        )
+        sub_x += face[..., 0]
+        sub_y += face[..., 1]
+        return px, py
 
 
 class _TorchWarp:
-    """The same warp with torch ``grid_sample`` (the GPU path; here run on CPU for parity)."""
+    """The remap done with torch ``grid_sample`` (the GPU path; tested on CPU for parity with OpenCV)."""
 
-    def __init__(
-        self, background: np.ndarray, roi: tuple[int, int, int, int], grid: tuple[int, int, int]
-    ) -> None:
+    def __init__(self, background: np.ndarray) -> None:
         import torch
 
         self.torch = torch
         h, w = background.shape[:2]
         self.src = torch.from_numpy(background.astype(np.float32)).permute(2, 0, 1)[None].contiguous()
-        x0, y0, x1, y1 = roi
-        gh, gw, r = grid
-        self.roi, self.grid = roi, grid
-        ys, xs = torch.meshgrid(
-            torch.arange(y0, y1, dtype=torch.float32),
-            torch.arange(x0, x1, dtype=torch.float32),
-            indexing="ij",
-        )
-        self.base = torch.stack([xs, ys], -1)
-        self.norm = torch.tensor([2.0 / max(w - 1, 1), 2.0 / max(h - 1, 1)])
+        self.scale = (2.0 / max(w - 1, 1), 2.0 / max(h - 1, 1))
 
-    def warp(self, coarse: np.ndarray) -> np.ndarray:
+    def warp(self, map_x: np.ndarray, map_y: np.ndarray) -> np.ndarray:
         torch = self.torch
-        F = torch.nn.functional
-        x0, y0, x1, y1 = self.roi
-        gh, gw, r = self.grid
         with torch.no_grad():
-            c = torch.from_numpy(np.ascontiguousarray(coarse)).permute(2, 0, 1)[None]
-            dense = F.interpolate(c, size=(gh * r, gw * r), mode="bilinear", align_corners=False)
-            dense = dense[0, :, : y1 - y0, : x1 - x0].permute(1, 2, 0)
-            g = (self.base + dense) * self.norm - 1.0
-            out = F.grid_sample(self.src, g[None], mode="bilinear", padding_mode="border", align_corners=True)
+            gx = torch.from_numpy(map_x) * self.scale[0] - 1.0
+            gy = torch.from_numpy(map_y) * self.scale[1] - 1.0
+            grid = torch.stack([gx, gy], -1)[None]
+            out = torch.nn.functional.grid_sample(
+                self.src, grid, mode="bilinear", padding_mode="border", align_corners=True
+            )
             return out[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy().copy()
