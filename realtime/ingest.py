@@ -117,6 +117,7 @@ class AudioIngest:
         self.gaps_filled = 0  # 16 kHz samples of silence inserted for lost packets
         self.reanchors = 0
         self.dropped = 0  # duplicate / late frames ignored
+        self.skipped = 0  # quiet frames left out to catch up with the wall clock
 
     @property
     def clock48(self) -> int:
@@ -157,6 +158,11 @@ class AudioIngest:
         self.frames += 1
         chunks += self._append(x48, real=True)
         return chunks
+
+    def skip(self) -> None:
+        """Leave the next frame's time off the timeline (catch-up); the frame after it re-anchors."""
+        self._filled_since_real = True
+        self.skipped += 1
 
     def push_silence(self, samples: int) -> list[AudioChunk]:
         """Fill ``samples`` (16 kHz) of silence on the wall clock, e.g. while the peer is silent."""

@@ -33,7 +33,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from av import VideoFrame
 
 from realtime.config import LiveConfig, ServerConfig
-from realtime.ingest import RATE, AudioChunk, AudioIngest
+from realtime.ingest import RATE, AudioChunk, AudioIngest, frame_to_mono
 from realtime.logs import bind_session, session_logger
 from realtime.motion import CHANNELS, MotionFrame
 from realtime.tracks import (
@@ -61,6 +61,11 @@ STALL = 0.08
 FILL_KEEP = 0.02
 # Time allowed for the model + render of a chunk beyond the model's algorithmic latency.
 COMPUTE_MARGIN = 0.06
+# The timeline may run this far ahead of the wall clock before quiet input is dropped to catch up,
+# and this far before any input is.
+MAX_AHEAD = 0.06
+MAX_BACKLOG = 0.5
+QUIET_RMS = 10 ** (-40 / 20)
 _AUDIO_QUEUE = 256  # 20 ms chunks: about 5 s of backlog before audio is dropped
 
 
@@ -307,6 +312,9 @@ class LiveSession:
             now = time.monotonic()
             self._last_media = self._last_seen = self._last_real_audio = now
             self.stats.audio_frames_in += 1
+            if self._should_skip(frame, now):
+                self.ingest.skip()
+                continue
             try:
                 chunks = self.ingest.push_frame(frame)
             except Exception:  # a malformed frame must not end the session
@@ -314,6 +322,26 @@ class LiveSession:
                 continue
             for chunk in chunks:
                 self._on_audio(chunk, now)
+
+    def _should_skip(self, frame: Any, now: float) -> bool:
+        """Catch up when the timeline runs ahead of the wall clock (a burst after a network stall).
+
+        Audio that arrives faster than real time would otherwise add its backlog to the latency
+        for the rest of the session. Quiet frames are dropped first; a large backlog is dropped
+        whatever it holds.
+        """
+        ahead = self.ingest.clock / RATE - (now - self.clock.t0)
+        if ahead <= MAX_AHEAD:
+            return False
+        if ahead > MAX_BACKLOG:
+            return True
+        if self.vad.speech:
+            return False
+        try:
+            mono, _ = frame_to_mono(frame)
+        except Exception:
+            return False
+        return bool(len(mono)) and float(np.sqrt(np.mean(np.square(mono)))) < QUIET_RMS
 
     async def _drain(self, track: MediaStreamTrack) -> None:
         with contextlib.suppress(MediaStreamError):
@@ -537,6 +565,7 @@ class LiveSession:
             "silence_filled_s": round(self.stats.silence_filled_s, 3),
             "audio_dropped_chunks": self.stats.audio_dropped_chunks,
             "rtp_gaps_filled_s": round(self.ingest.gaps_filled / RATE, 3),
+            "audio_frames_skipped": self.ingest.skipped,
             "latency_ms": None
             if lat is None
             else {

@@ -156,3 +156,12 @@ def test_vad_onset_within_one_chunk_and_hangover(speech_16k: np.ndarray) -> None
 def test_vad_rejects_bad_mode() -> None:
     with pytest.raises(ValueError, match="mode"):
         VoiceActivity(mode=7)
+
+
+def test_skip_leaves_a_frame_off_the_timeline() -> None:
+    ing = AudioIngest()
+    sig = tone(500, 960 * 3)
+    ing.push_frame(opus_like(sig[:960], 0))
+    ing.skip()  # frame 1 dropped to catch up
+    chunks = ing.push_frame(opus_like(sig[1920:], 1920))
+    assert ing.clock == 640 and ing.gaps_filled == 0 and chunks[0].start == 320 and ing.skipped == 1
