@@ -14,11 +14,12 @@ import math
 import cv2
 import numpy as np
 
-TEETH_RGB = np.array([228.0, 222.0, 210.0], np.float32)
+TEETH_RGB = np.array([242.0, 238.0, 228.0], np.float32)
 
 
-def _smooth(e0: float, e1: float, x: np.ndarray) -> np.ndarray:
-    t = np.clip((x - e0) / max(e1 - e0, 1e-6), 0.0, 1.0)
+def _smooth(e0, e1, x: np.ndarray) -> np.ndarray:
+    """Hermite step from 0 at ``e0`` to 1 at ``e1`` (edges may be arrays)."""
+    t = np.clip((x - e0) / np.maximum(np.asarray(e1) - e0, 1e-6), 0.0, 1.0)
     return t * t * (3 - 2 * t)
 
 
@@ -80,10 +81,11 @@ def paint_mouth(
     shade = (0.65 + 0.35 * t) * (1.0 - 0.35 * _smooth(0.5, 1.0, s))
     col = deep[None, None, :] * shade[..., None]
     # tongue: a soft mound rising from the lower lip at the centre
-    tongue = _smooth(0.5, 0.95, t) * (1 - _smooth(0.2, 0.7, s)) * _smooth(0.05 * e, 0.2 * e, gap) * 0.8
+    # (kept darker than the lips, so the lip line stays readable - also for landmark models)
+    tongue = _smooth(0.6, 1.0, t) * (1 - _smooth(0.15, 0.6, s)) * _smooth(0.08 * e, 0.25 * e, gap) * 0.7
     col = (
         col * (1 - tongue[..., None])
-        + (lip * np.array([0.72, 0.45, 0.45]))[None, None, :] * tongue[..., None]
+        + (lip * np.array([0.55, 0.33, 0.33]))[None, None, :] * tongue[..., None]
     )
     if info.get("teeth", True):
         # upper teeth under the upper lip, lower teeth just above the lower lip (fainter)
@@ -94,7 +96,10 @@ def paint_mouth(
         low = _smooth(1 - low_band, 1 - 0.4 * low_band, t) * (1 - _smooth(0.3, 0.6, s)) * 0.45
         low *= _smooth(0.1 * e, 0.25 * e, gap)
         teeth = np.maximum(teeth, low)
-        tshade = (0.92 - 0.15 * s)[..., None] * (0.95 + 0.05 * (1 - t))[..., None]
+        # brightness follows the photo's lighting; a faint ripple hints at separate teeth
+        light = float(np.clip(info["skin_rgb"].mean() / 190.0, 0.7, 1.05))
+        ripple = 1.0 - 0.07 * (0.5 + 0.5 * np.cos(2 * np.pi * (lx - xc) / (0.11 * e))) * (s > 0.12)
+        tshade = (light * (1.0 - 0.2 * s**2) * ripple)[..., None]
         col = col * (1 - teeth[..., None]) + (TEETH_RGB * tshade) * teeth[..., None]
     # thin openings fade in rather than pop
     alpha = alpha * _smooth(0.3, 1.8, gap)

@@ -203,7 +203,10 @@ def build(image: np.ndarray, landmarks: np.ndarray, *, expand_ratio: float = 0.1
     h_ramp = E * (0.03 + 0.45 * np.clip((np.abs(u) - 0.45) / 0.7, 0, 1))
     below = y - y_lo(x)
     below[i_sl] = 0.0  # the lower split line moves exactly like the lower lip beside it
-    w_low = np.where(below >= -0.01, _smoothstep(0, 1, (below + 0.03 * E) / h_ramp) * lat, 0.0)
+    # the lower lip opens as a lens (full at the centre, nothing at the corners); further
+    # below, the jaw moves as a block, so the weight rises to the jaw's with depth
+    lens = np.clip(1 - np.abs(u) ** 2, 0, 1) ** 0.6
+    w_low = np.where(below >= -0.01, np.maximum(lens, _smoothstep(0.05 * E, 0.6 * E, below)) * lat, 0.0)
     w_low[i_su] = 0.0
     above = y_up(x) - y
     w_up = np.where(above >= -0.01, 1 - _smoothstep(0, 0.35 * E, above), 0.0) * (
