@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
@@ -141,3 +142,67 @@ async def test_overlong_path_segment_is_414(make_client):
         resp = await client.get(path)
         assert resp.status == 414 and resp.content_type == "application/json", path
     assert (await client.get("/static/" + "x" * 200)).status == 404
+
+
+def _form(*fields: tuple[str, bytes, str | None]) -> tuple[bytes, str]:
+    boundary = "limitsboundary"
+    out = b""
+    for name, data, filename in fields:
+        disp = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename else "")
+        out += f"--{boundary}\r\nContent-Disposition: {disp}\r\n\r\n".encode() + data + b"\r\n"
+    return out + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
+async def test_live_capacity_and_parameter_ranges(make_client, test_config):
+    """Checked by the /offer handler before any model work, so a cold engine is enough."""
+    client = await make_client(_with(test_config, max_sessions=0))
+    resp = await client.post("/offer", json={"sdp": AUDIO_OFFER, "type": "offer"})
+    assert resp.status == 503 and int(resp.headers["Retry-After"]) >= 1
+    assert resp.content_type == "application/json"
+    client = await make_client()
+    bad_params = [
+        {"inference_steps": 0},
+        {"inference_steps": 9},
+        {"dynamic_scale": 2.5},
+        {"motion_scale": -0.1},
+        {"smooth_motion": 1.5},
+        {"align_mouth": 201},
+        {"fps": 24},
+        {"resolution": 10_000},
+        {"seed": -1},
+        {"dynamic_scale": "1"},
+        {"dynamic_scale": None},
+        {"dynamic_scale": True},
+        {"nope": 1},
+        "not an object",
+    ]
+    for params in bad_params:
+        resp = await client.post("/offer", json={"sdp": AUDIO_OFFER, "type": "offer", "params": params})
+        assert resp.status == 400, params
+        assert (await resp.json())["error"], params
+    for avatar in ("", "x" * 500, 5):
+        resp = await client.post("/offer", json={"sdp": AUDIO_OFFER, "type": "offer", "avatar": avatar})
+        assert resp.status == 400, avatar
+
+
+async def test_offline_config_ranges(make_client):
+    """Out-of-range generation settings are 400 before anything is decoded or queued.
+
+    (The full-queue 503 + Retry-After is covered by tests/test_offline_api.py::test_full_queue_answers_503.)
+    """
+    client = await make_client()
+    for config in (
+        {"inference_steps": 0},
+        {"dynamic_scale": 3},
+        {"min_resolution": 64},
+        {"expand_ratio": 0.9},
+        {"align_mouth": -500},
+        {"duration": 0},
+        {"fps": 60},
+        {"unknown": 1},
+        [],
+    ):
+        body, ctype = _form(("config", json.dumps(config).encode(), None), ("audio", b"RIFF", "a.wav"))
+        resp = await client.post("/api/sonic/generate", data=body, headers={"Content-Type": ctype})
+        assert resp.status == 400, config
+        assert (await resp.json())["success"] is False

@@ -1,0 +1,118 @@
+"""Helpers shared by the hardening benchmarks (``load``, ``cycles``) and their tests.
+
+Process probes read Linux ``/proc``; the server runs as its own process (``avatar serve``)
+so what is measured is the server, not the clients.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from realtime.config import ROOT
+
+
+def fd_count(pid: int | None = None) -> int:
+    """Open file descriptors of a process (default: this one)."""
+    return len(os.listdir(f"/proc/{pid or os.getpid()}/fd"))
+
+
+def thread_count(pid: int | None = None) -> int:
+    """OS threads of a process (Python and native: codec, onnxruntime, executor threads)."""
+    return len(os.listdir(f"/proc/{pid or os.getpid()}/task"))
+
+
+def rss_mb(pid: int | None = None) -> float:
+    """Resident memory of a process in MiB."""
+    for line in Path(f"/proc/{pid or os.getpid()}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024.0
+    return 0.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def has_trained_model(model_path: str = "models/motion") -> bool:
+    folder = ROOT / model_path
+    return (folder / "config.json").is_file() and (folder / "motion.pt").is_file()
+
+
+def write_untrained_model(folder: Path, seed: int = 0) -> Path:
+    """A randomly initialised motion model in the shipped layout: same compute, meaningless motion.
+
+    Lets lifecycle and load checks run before (or without) a trained model; results that
+    depend on motion quality must not use it.
+    """
+    import torch
+
+    from realtime.model import MotionConfig, MotionDenoiser
+
+    torch.manual_seed(seed)
+    cfg = MotionConfig()
+    net = MotionDenoiser(cfg)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps({"config": cfg.to_dict(), "untrained": True}))
+    torch.save(net.state_dict(), folder / "motion.pt")
+    return folder
+
+
+def start_server(overrides: list[str], log_level: str = "WARNING") -> tuple[subprocess.Popen, str]:
+    """``avatar serve`` on a free loopback port as its own process; returns it and its base URL."""
+    port = free_port()
+    cmd = [sys.executable, "-m", "realtime.cli", "serve", "--host", "127.0.0.1", "--port", str(port)]
+    cmd += ["--log-level", log_level]
+    for item in overrides:
+        cmd += ["--set", item]
+    return subprocess.Popen(cmd, cwd=ROOT), f"http://127.0.0.1:{port}"
+
+
+async def wait_ready(url: str, server: subprocess.Popen | None = None, within: float = 180.0) -> None:
+    """Poll ``/readyz`` until the models are warm."""
+    import aiohttp
+
+    deadline = time.monotonic() + within
+    async with aiohttp.ClientSession() as http:
+        while True:
+            try:
+                async with http.get(f"{url}/readyz") as r:
+                    if r.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            if (server is not None and server.poll() is not None) or time.monotonic() > deadline:
+                raise RuntimeError("the server did not become ready")
+            await asyncio.sleep(0.5)
+
+
+def stop_server(server: subprocess.Popen, timeout: float = 20.0) -> int:
+    """SIGINT (graceful shutdown, like Ctrl-C) and wait; kill if it hangs. Returns the exit code."""
+    import signal
+
+    if server.poll() is None:
+        server.send_signal(signal.SIGINT)
+        try:
+            server.wait(timeout)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+    return int(server.returncode)
+
+
+def import_test_client() -> type:
+    """The reusable aiortc test client (``tests/webrtc_client.py``)."""
+    tests = str(ROOT / "tests")
+    if tests not in sys.path:
+        sys.path.insert(0, tests)
+    from webrtc_client import AvatarClient
+
+    return AvatarClient
