@@ -201,8 +201,13 @@ def register_avatar(
     face: str | int = "largest",
     max_bytes: int = MAX_IMAGE_BYTES,
     max_pixels: int = MAX_IMAGE_PIXELS,
+    min_eye_distance: float = MIN_EYE_DISTANCE,
 ) -> AvatarBundle:
-    """Validate a portrait, fit the face mesh and precompute the motion fields (cached by content)."""
+    """Validate a portrait, fit the face mesh and precompute the motion fields (cached by content).
+
+    ``face``: "largest" (default), "error" (raise ``multiple_faces`` if there are
+    several) or an index counted from the left. Raises :class:`AvatarError`.
+    """
     if not (0.0 <= float(expand_ratio) <= 2.0) or not np.isfinite(expand_ratio):
         raise ValueError("expand_ratio must be in 0..2")
     data = _read_source(source, max_bytes)
@@ -222,16 +227,13 @@ def register_avatar(
 
         s = MAX_WORK_SIDE / min(h, w)
         image = cv2.resize(image, (round(w * s), round(h * s)), interpolation=cv2.INTER_AREA)
-    try:
-        mesh = FaceMesh()
-    except ModelsMissingError:
-        raise
+    mesh = FaceMesh()  # raises ModelsMissingError ("run scripts/fetch_models.py")
     faces = [f for f in mesh.faces(image) if f.presence >= 0.5]
     chosen = _select_face(faces, face)
-    if chosen.eye_distance < MIN_EYE_DISTANCE:
+    if chosen.eye_distance < min_eye_distance:
         raise AvatarError(
             "face_too_small",
-            f"the face is too small ({chosen.eye_distance:.0f} px between the eyes; need {MIN_EYE_DISTANCE:.0f})",
+            f"the face is too small ({chosen.eye_distance:.0f} px between the eyes; need {min_eye_distance:.0f})",
         )
     built = mesh_fields.build(image, chosen.landmarks, expand_ratio=float(expand_ratio))
     bundle = AvatarBundle(

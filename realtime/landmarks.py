@@ -217,6 +217,8 @@ class FaceMesh:
                 for x in range(0, max(1, w - step), step):
                     crop = image[y : y + tile, x : x + tile]
                     for d in self._run_detector(spec, it, anchors, crop):
+                        if d.score < 0.65:  # many tiles, many chances: ask for more confidence
+                            continue
                         off = np.array([x, y], np.float32)
                         found.append(Detection(d.box + np.tile(off, 2), d.keypoints + off, d.score))
             if found:

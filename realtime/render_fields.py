@@ -285,8 +285,8 @@ def build(image: np.ndarray, landmarks: np.ndarray, *, expand_ratio: float = 0.1
             g[1] = max(g[1], 0.02 * E)
             d[iu] = 0.83 * g
             d[il] = -0.15 * g
-            d[r1] = 0.45 * 0.83 * g
-            d[r2] = 0.12 * 0.83 * g
+            d[r1] = 0.8 * 0.83 * g
+            d[r2] = 0.45 * 0.83 * g
         set_field(f"eyeBlink{side}", d)
 
     # -- brows: handles on the brow, falloff into the forehead; eyes and lids stay
