@@ -143,6 +143,17 @@ def estimate_lag_ms(
     correlation at each lag sums over all overlapping frames). The integer-frame peak within
     +-``max_lag_ms`` is refined by a parabola through it and its neighbours. NaN if undefined.
     """
+    return lag_and_peak(pred, target, fps, max_lag_ms)[0]
+
+
+def lag_and_peak(
+    pred: np.ndarray | Sequence[np.ndarray],
+    target: np.ndarray | Sequence[np.ndarray],
+    fps: float,
+    max_lag_ms: float = MAX_LAG_MS,
+) -> tuple[float, float]:
+    """(lag in ms, correlation at the peak) as in :func:`estimate_lag_ms`; a lag at the edge of the
+    search range or a weak peak means there is no clear alignment."""
     preds, targets = _as_list(pred), _as_list(target)
     if len(preds) != len(targets):
         raise ValueError("pred and target must hold the same number of signals")
@@ -170,7 +181,7 @@ def estimate_lag_ms(
                 num[i] += float(np.dot(a, b))
                 cnt[i] += a.size
     if not cnt.any():
-        return float("nan")
+        return float("nan"), float("nan")
     r = np.where(cnt > 0, num / np.maximum(cnt, 1), -np.inf)
     i = int(np.argmax(r))
     offset = 0.0
@@ -178,7 +189,7 @@ def estimate_lag_ms(
         den = r[i - 1] - 2 * r[i] + r[i + 1]
         if den < 0:
             offset = float(np.clip(0.5 * (r[i - 1] - r[i + 1]) / den, -0.5, 0.5))
-    return float((lags[i] + offset) / fps * 1000.0)
+    return float((lags[i] + offset) / fps * 1000.0), float(r[i])
 
 
 def frame_labels(
@@ -339,6 +350,7 @@ def score(
     pr = np.concatenate([np.asarray(x) for x in preds]) if preds else np.zeros(0)
     tg = np.concatenate([np.asarray(x) for x in targets]) if targets else np.zeros(0)
     sel = lab >= 0
+    lag, peak = lag_and_peak(list(preds), list(targets), fps)
     hits = total = 0
     for p, ph in zip(preds, phones, strict=True):
         h, t = closure_hits(p, ph, fps, threshold)
@@ -353,7 +365,8 @@ def score(
         "auc": roc_auc(lab[sel] == 1, pr[sel]),
         "closure_hits": hits / total if total else float("nan"),
         "bilabial_segments": total,
-        "lag_ms": estimate_lag_ms(list(preds), list(targets), fps),
+        "lag_ms": lag,
+        "lag_peak_r": peak,
         "pearson": pearson(pr, tg) if pr.size else float("nan"),
     }
 

@@ -16,6 +16,7 @@ from realtime.evaluate import (
     closure_hits,
     estimate_lag_ms,
     frame_labels,
+    lag_and_peak,
     load_manifest,
     loudness_aperture,
     pearson,
@@ -102,6 +103,10 @@ def test_lag_pooled_over_utterances_and_on_targets() -> None:
     targets = [mouth_aperture(mouth_targets(_phones(s), 80, fps)) for s in (0.8, 1.0, 1.3)]
     late = [mouth_aperture(mouth_targets(_phones(s, shift=0.08), 80, fps)) for s in (0.8, 1.0, 1.3)]
     assert estimate_lag_ms(late, targets, fps) == pytest.approx(80.0, abs=8.0)
+    assert lag_and_peak(late, targets, fps)[1] > 0.8  # a clear peak
+    # Unrelated noise has a weak peak.
+    rng = np.random.default_rng(1)
+    assert lag_and_peak([rng.normal(size=t.size) for t in targets], targets, fps)[1] < 0.3
     assert estimate_lag_ms(targets, targets, fps) == pytest.approx(0.0, abs=1e-6)
     assert np.isnan(estimate_lag_ms(np.zeros(50), np.zeros(50), fps))
 
