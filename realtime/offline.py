@@ -50,8 +50,9 @@ Progress = Callable[[float, str], None]
 
 # Share of the progress bar given to motion generation; rendering + encoding take the rest.
 _MOTION_SHARE = 0.1
-# Frames per render task, and render tasks in flight per executor worker: small enough that
-# live sessions on the same executor get a turn every few ms, large enough to amortise hand-off.
+# Frames per render task (at 512x512; fewer at larger sizes), and render tasks in flight per
+# executor worker: small enough that live sessions on the same executor get a turn every ~10 ms,
+# large enough to amortise the hand-off.
 _CHUNK = 6
 _INFLIGHT_PER_WORKER = 2
 _AAC_RATES = (96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050, 16000, 12000, 11025, 8000)
@@ -294,6 +295,7 @@ def render_frames(
     executor: Executor,
     *,
     workers: int,
+    pixels: int = 0,
     cancel: threading.Event | None = None,
 ) -> Iterator[np.ndarray]:
     """I420 frames for each motion row, in order, rendered in chunks on ``executor``.
@@ -303,14 +305,15 @@ def render_frames(
     """
     pending: deque[Future[list[np.ndarray]]] = deque()
     limit = max(1, workers * _INFLIGHT_PER_WORKER)
-    starts = iter(range(0, len(motion), _CHUNK))
+    chunk = max(1, round(_CHUNK * 512 * 512 / pixels)) if pixels else _CHUNK
+    starts = iter(range(0, len(motion), chunk))
     try:
         while True:
             while len(pending) < limit:
                 start = next(starts, None)
                 if start is None:
                     break
-                pending.append(executor.submit(_render_chunk, render, motion[start : start + _CHUNK]))
+                pending.append(executor.submit(_render_chunk, render, motion[start : start + chunk]))
             if not pending:
                 return
             if cancel is not None and cancel.is_set():
@@ -386,7 +389,14 @@ def generate_video(
         writer = Mp4Writer(tmp, renderer.size, params.fps, clip, duration, preset=preset)
         step = max(1, n_frames // 200)
         for i, yuv in enumerate(
-            render_frames(renderer.render, motion, engine.executor, workers=workers, cancel=cancel)
+            render_frames(
+                renderer.render,
+                motion,
+                engine.executor,
+                workers=workers,
+                pixels=renderer.size[0] * renderer.size[1],
+                cancel=cancel,
+            )
         ):
             writer.write(yuv)
             if i % step == 0:
@@ -456,12 +466,14 @@ def _audio_files(folder: Path) -> list[Path]:
 def plan_batch(image: Path, audio: Path, output: Path) -> list[tuple[Path, Path, Path]]:
     """(image, audio, output) triples for one pair, one image x a folder of audio, or pairs by name.
 
-    - file + file: ``output`` is the MP4 path;
+    - file + file: ``output`` is the MP4 path (or a folder to put ``<audio stem>.mp4`` in);
     - image file + audio folder: one MP4 per audio file, ``output/<audio stem>.mp4``;
     - image folder + audio file: one MP4 per image, ``output/<image stem>.mp4``;
     - image folder + audio folder: pairs with the same stem, ``output/<stem>.mp4``.
     """
     if image.is_file() and audio.is_file():
+        if output.is_dir():
+            output = output / f"{audio.stem}.mp4"
         return [(image, audio, output)]
     if output.exists() and not output.is_dir():
         raise ValueError(f"--output must be a folder in batch mode: {output}")
