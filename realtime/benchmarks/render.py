@@ -1,0 +1,153 @@
+"""Render benchmark: ``avatar bench render [--frames N] [--write]``.
+
+Measures, on ONE core (OpenCV and torch limited to one thread):
+- registration time of the default avatar (no cache; face mesh + fields);
+- per-frame render time at 512x512 and 1024x1024 for a speech-like motion stream
+  (every frame different: jaw and lips move, blinks, head sway), median and p95;
+- the same for a held frame (unchanged motion, served from the one-frame cache).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+
+from realtime.motion import N_CHANNELS, idx
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def speech_like_motion(n: int, fps: int = 25, seed: int = 0) -> np.ndarray:
+    """A deterministic motion stream that changes every frame, like talking."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(n) / fps
+    m = np.zeros((n, N_CHANNELS), np.float32)
+    syll = np.clip(0.35 + 0.3 * np.sin(2 * np.pi * 4.0 * t) + 0.1 * rng.standard_normal(n), 0, 1)
+    m[:, idx("jawOpen")] = syll
+    m[:, idx("mouthClose")] = np.clip(0.3 * np.sin(2 * np.pi * 1.3 * t), 0, 1)
+    for name, f in (
+        ("mouthPucker", 0.7),
+        ("mouthFunnel", 0.9),
+        ("mouthSmileLeft", 0.2),
+        ("mouthSmileRight", 0.2),
+    ):
+        m[:, idx(name)] = np.clip(0.4 * np.sin(2 * np.pi * f * t + rng.uniform(0, 6)), 0, 1)
+    m[:, idx("mouthLowerDownLeft")] = m[:, idx("mouthLowerDownRight")] = 0.3 * syll
+    blink = ((t % 3.1) < 0.16).astype(np.float32)
+    m[:, idx("eyeBlinkLeft")] = m[:, idx("eyeBlinkRight")] = blink
+    m[:, idx("browInnerUp")] = np.clip(0.3 * np.sin(2 * np.pi * 0.4 * t), 0, 1)
+    m[:, idx("headPitch")] = 3 * np.sin(2 * np.pi * 0.23 * t)
+    m[:, idx("headYaw")] = 5 * np.sin(2 * np.pi * 0.17 * t)
+    m[:, idx("headRoll")] = 2 * np.sin(2 * np.pi * 0.11 * t)
+    return m
+
+
+def _stats(ms: list[float]) -> tuple[float, float]:
+    return float(np.median(ms)), float(np.percentile(ms, 95))
+
+
+def run(frames: int = 500, registrations: int = 7) -> dict:
+    """Run the benchmark; returns the numbers."""
+    import cv2
+    import torch
+
+    cv2.setNumThreads(1)
+    torch.set_num_threads(1)
+    from realtime.avatar import register_avatar
+    from realtime.renderer import PortraitRenderer
+
+    image = (ROOT / "models" / "avatars" / "astronaut.png").read_bytes()
+    reg_ms = []
+    for _ in range(registrations):
+        t0 = time.perf_counter()
+        bundle = register_avatar(image)
+        reg_ms.append((time.perf_counter() - t0) * 1000)
+    out: dict = {"registration_ms": _stats(reg_ms[1:] or reg_ms), "registration_first_ms": reg_ms[0]}
+    motion = speech_like_motion(frames)
+    for res in (512, 1024):
+        for backend in ("cpu", "torch"):
+            r = PortraitRenderer(bundle, res, backend=backend)
+            n = frames if backend == "cpu" else max(50, frames // 5)
+            for m in motion[:10]:
+                r.render(m)
+            ms = []
+            for m in motion[:n]:
+                t0 = time.perf_counter()
+                r.render(m)
+                ms.append((time.perf_counter() - t0) * 1000)
+            out[f"{backend}_{res}"] = _stats(ms)
+            if backend == "cpu":
+                held = []
+                for _ in range(100):
+                    t0 = time.perf_counter()
+                    r.render(motion[5])
+                    held.append((time.perf_counter() - t0) * 1000)
+                out[f"held_{res}"] = _stats(held)
+    out["load_avg"] = os.getloadavg()
+    return out
+
+
+def report(res: dict, frames: int) -> str:
+    """Markdown for docs/bench/render.md."""
+    today = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    la = ", ".join(f"{v:.1f}" for v in res["load_avg"])
+    lines = [
+        "# Render benchmark",
+        "",
+        f"Command: `avatar bench render --frames {frames} --write` ({today}; {platform.processor() or 'cpu'},"
+        f" {os.cpu_count()} cores shared with other jobs, load average {la}).",
+        "One core: `cv2.setNumThreads(1)`, `torch.set_num_threads(1)`. Avatar: `models/avatars/astronaut.png`.",
+        f"Motion: {frames} speech-like frames, all different (jaw, lips, blinks, brows, head sway).",
+        "",
+        "| what | median ms | p95 ms |",
+        "| --- | --- | --- |",
+        "| registration (decode, face mesh, fields; no cache) | {:.0f} | {:.0f} |".format(
+            *res["registration_ms"]
+        ),
+    ]
+    for size in (512, 1024):
+        lines.append(
+            f"| render {size}x{size}, OpenCV remap (cpu) | {{:.2f}} | {{:.2f}} |".format(*res[f"cpu_{size}"])
+        )
+        lines.append(
+            f"| render {size}x{size}, torch grid_sample on CPU | {{:.2f}} | {{:.2f}} |".format(
+                *res[f"torch_{size}"]
+            )
+        )
+        lines.append(
+            f"| held frame {size}x{size} (same motion: cached warp) | {{:.2f}} | {{:.2f}} |".format(
+                *res[f"held_{size}"]
+            )
+        )
+    fps512 = 1000.0 / res["cpu_512"][0]
+    lines += [
+        "",
+        f"At 512x512 one core renders about {fps512:.0f} frames/s (median), i.e. {fps512 / 25:.0f}x real time"
+        " at 25 fps before encoding. Timings on this shared machine vary with the other jobs' load;"
+        " compare ratios, not absolute times.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def cli_main(argv: list[str]) -> int:
+    """``avatar bench render``: print (and with --write, save) render timings."""
+    ap = argparse.ArgumentParser(prog="avatar bench render", description=__doc__.splitlines()[0])
+    ap.add_argument("--frames", type=int, default=500, help="frames per resolution (default 500)")
+    ap.add_argument("--write", action="store_true", help="write docs/bench/render.md")
+    args = ap.parse_args(argv)
+    res = run(args.frames)
+    text = report(res, args.frames)
+    print(text)
+    if args.write:
+        path = ROOT / "docs" / "bench" / "render.md"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        print(f"wrote {path}")
+    return 0
