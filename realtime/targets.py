@@ -54,6 +54,7 @@ PhoneSeq = Sequence[Sequence[object]]  # [[phone, start_s, end_s], ...] as in th
 
 N_MOUTH = len(MOUTH_CHANNELS)
 _REST_DOMINANCE = 1e-3  # a weak rest target everywhere, so far from any phone the mouth rests
+_BLOCK = 64  # times per block in mouth_curves
 
 # --------------------------------------------------------------------------------------------------
 # Viseme table. Values per channel pair; left/right get the same value.
@@ -263,11 +264,27 @@ def mouth_curves(phones: PhoneSeq | None, times: np.ndarray) -> np.ndarray:
     starts, ends = segs[0], segs[1]
     if times.size == 0 or starts.size == 0:
         return out
-    # Only segments near the requested times matter (dominance is ~0 beyond ~0.5 s).
-    keep = (ends > times.min() - 0.6) & (starts < times.max() + 0.6)
-    starts, ends, targets, alphas, tbs, tas, powers = (a[keep] for a in segs)
-    if starts.size == 0:
-        return out
+    # Only segments near the requested times matter (dominance is < 1e-6 beyond 0.6 s), so work in
+    # blocks of times against their nearby segments: cost grows linearly with the length.
+    for lo in range(0, times.size, _BLOCK):
+        tb = times[lo : lo + _BLOCK]
+        keep = (ends > tb.min() - 0.6) & (starts < tb.max() + 0.6)
+        if keep.any():
+            out[lo : lo + _BLOCK] = _blend(tb, *(a[keep] for a in segs))
+    return out
+
+
+def _blend(
+    times: np.ndarray,
+    starts: np.ndarray,
+    ends: np.ndarray,
+    targets: np.ndarray,
+    alphas: np.ndarray,
+    tbs: np.ndarray,
+    tas: np.ndarray,
+    powers: np.ndarray,
+) -> np.ndarray:
+    """Dominance-weighted mean of the segments' targets at ``times`` -> (n, 14)."""
     t = times[:, None, None]
     before = np.maximum(starts[None, :, None] - t, 0.0) / tbs[None]  # (n, m, 14)
     after = np.maximum(t - ends[None, :, None], 0.0) / tas[None]
