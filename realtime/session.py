@@ -56,16 +56,20 @@ log = logging.getLogger(__name__)
 # A peer that sends nothing (no RTP, no RTCP, no data-channel message) this long is gone.
 VANISH_TIMEOUT = 5.0
 # Input stalls longer than this are filled with silence on the wall clock (idle avatar).
-STALL = 0.08
+STALL = 0.15
 # How much of the stall the silence leaves unfilled, so resumed speech lands close to now.
 FILL_KEEP = 0.02
+# Real audio lands on the timeline up to about this late (FILL_KEEP, packetisation, jitter).
+ARRIVAL_MARGIN = 0.05
 # Time allowed for the model + render of a chunk beyond the model's algorithmic latency.
-COMPUTE_MARGIN = 0.06
+COMPUTE_MARGIN = 0.05
 # The timeline may run this far ahead of the wall clock before quiet input is dropped to catch up,
 # and this far before any input is.
 MAX_AHEAD = 0.06
 MAX_BACKLOG = 0.5
 QUIET_RMS = 10 ** (-40 / 20)
+# Audio waiting for the model (seconds) above which the sampler takes fewer steps.
+DEGRADE_BACKLOG = 0.1
 _AUDIO_QUEUE = 256  # 20 ms chunks: about 5 s of backlog before audio is dropped
 
 
@@ -165,6 +169,7 @@ class SessionStats:
     audio_dropped_chunks: int = 0
     frames_rendered: int = 0
     frames_skipped_late: int = 0
+    steps_changes: int = 0
     latencies: deque = field(default_factory=lambda: deque(maxlen=500))
 
 
@@ -207,7 +212,9 @@ class LiveSession:
         ).validated()
         self.stream = MotionStream(engine.motion_model, fps=params.fps, controls=controls)
         self.fps = params.fps
-        self.delay = float(self.stream.latency_ms) / 1000.0 + STALL + COMPUTE_MARGIN
+        # the stream's sampler steps, lowered under overload (see _adapt_steps)
+        self._full_steps: int | None = getattr(self.stream, "steps", None)
+        self.delay = float(self.stream.latency_ms) / 1000.0 + ARRIVAL_MARGIN + COMPUTE_MARGIN
         self.clock = PlayoutClock(t0=time.monotonic(), delay=self.delay)
         self.ingest = AudioIngest()
         self.vad = VoiceActivity()
@@ -370,9 +377,15 @@ class LiveSession:
 
     async def _pump(self) -> None:
         """Keep the timeline on the wall clock: fill input stalls with silence (idle motion)."""
+        woke = time.monotonic()
         while True:
             await asyncio.sleep(0.02)
-            now = time.monotonic()
+            now, slept = time.monotonic(), time.monotonic() - woke
+            woke = now
+            if slept > 0.06:
+                # the event loop itself stalled: audio may be queued behind us; let it land first,
+                # or the fill would push the timeline ahead and add the stall to the latency
+                continue
             if now - self._last_real_audio < STALL:
                 continue
             target = int((now - self.clock.t0 - FILL_KEEP) * RATE)
@@ -390,9 +403,35 @@ class LiveSession:
             while not self._audio_q.empty():
                 parts.append(self._audio_q.get_nowait().pcm)
             pcm = np.concatenate(parts) if len(parts) > 1 else parts[0]
+            self._adapt_steps(len(pcm) / RATE)
             ready = await loop.run_in_executor(self.engine.executor, self._compute, pcm)
             for item in ready:
                 self.frames.put(item)
+
+    def _adapt_steps(self, backlog: float) -> None:
+        """Under overload, sample with fewer steps until the backlog clears (late frames are worse).
+
+        ``backlog`` is the audio (seconds) waiting for the model. Above DEGRADE_BACKLOG the
+        sampler drops to half its steps, above twice that to one step; it returns to the
+        requested steps once the backlog is back under one 20 ms chunk.
+        """
+        full = self._full_steps
+        if full is None:
+            return
+        if backlog > 2 * DEGRADE_BACKLOG:
+            steps = 1
+        elif backlog > DEGRADE_BACKLOG:
+            steps = max(1, full // 2)
+        elif backlog <= 0.021:
+            steps = full
+        else:
+            return
+        if steps != self.stream.steps:
+            self.log.info(
+                "sampler steps %d -> %d (model backlog %.0f ms)", self.stream.steps, steps, backlog * 1000
+            )
+            self.stream.steps = steps
+            self.stats.steps_changes += 1
 
     def _compute(self, pcm: np.ndarray) -> list[ReadyFrame]:
         """Executor side: motion for the new audio, then render the frames that can still be on time."""
@@ -472,9 +511,17 @@ class LiveSession:
     # -- lifecycle ------------------------------------------------------------
     async def _watchdog(self) -> None:
         idle = self.server.session_idle_timeout
+        fps_mark: tuple[float, int] | None = None
         while True:
             await asyncio.sleep(0.25)
             now = time.monotonic()
+            if self.video.first_sent_at is not None:
+                if fps_mark is None:
+                    fps_mark = (now, self.video.sent - self.video.dropped)
+                elif now - fps_mark[0] >= 1.0:
+                    fresh = self.video.sent - self.video.dropped  # repeats are not delivered frames
+                    self.metrics.session_fps.observe((fresh - fps_mark[1]) / (now - fps_mark[0]))
+                    fps_mark = (now, fresh)
             if self._connected_at is None:
                 if now - (self._answered_at or now) > self.server.connect_timeout:
                     self.close_soon("ICE did not connect in time", "connect_timeout")
@@ -559,6 +606,9 @@ class LiveSession:
             "frames_sent": self.video.sent,
             "frames_dropped": self.video.dropped,
             "frames_rendered": self.stats.frames_rendered,
+            "frames_skipped_late": self.stats.frames_skipped_late,
+            "sampler_steps": getattr(self.stream, "steps", None),
+            "sampler_step_changes": self.stats.steps_changes,
             "audio_frames_in": self.stats.audio_frames_in,
             "audio_frames_out": self.audio.sent,
             "speech_frames": self.stats.speech_frames,
