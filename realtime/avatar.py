@@ -28,7 +28,7 @@ from realtime.landmarks import FaceMesh, ModelsMissingError
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 4
+FORMAT_VERSION = 5
 MAX_IMAGE_BYTES = 20_000_000
 MAX_IMAGE_PIXELS = 40_000_000
 MIN_IMAGE_SIDE = 64

@@ -128,10 +128,10 @@ def _seam(
     pts = np.round((mid - [x0, y0]) * 8).astype(np.int32)
     thickness = max(1, int(round(info["eye_distance"] / 40)))
     cv2.polylines(mask, [pts], False, 255, thickness=thickness, lineType=cv2.LINE_AA, shift=3)
-    strength = 0.6 * float(1 - _smooth(1.0, 3.0, np.array(np.median(thick))))
+    strength = 0.5 * float(1 - _smooth(1.0, 3.0, np.array(np.median(thick))))
     if strength <= 0:
         return
     a = cv2.GaussianBlur(mask, (3, 3), 0).astype(np.float32)[..., None] * (strength / 255.0)
-    col = info["lip_rgb"] * 0.45
+    col = info["lip_rgb"] * 0.5
     region = img[y0:y1, x0:x1].astype(np.float32)
     img[y0:y1, x0:x1] = np.clip(region * (1 - a) + col * a + 0.5, 0, 255).astype(np.uint8)

@@ -149,6 +149,11 @@ def build(image: np.ndarray, landmarks: np.ndarray, *, expand_ratio: float = 0.1
     eps = 0.25
     split_up = np.stack([split_x, mid - eps], 1)
     split_lo = np.stack([split_x, mid + eps], 1)
+    # "trim" rows just inside each lip: when an open photo's mouth shuts they meet too, so
+    # the seam shows lip, not the teeth that bilinear sampling at the lip edge would pick up
+    trim = 0.03 * E
+    trim_up = np.stack([split_x, y_up(split_x) - trim], 1)
+    trim_lo = np.stack([split_x, y_lo(split_x) + trim], 1)
     # ring of still anchors around the head; farther below the chin so the jaw has room
     ring_scale = np.where(oval[:, 1] > L[NOSE_BOTTOM, 1], 2.0, 1.35 + expand_ratio)
     ring = oval * ring_scale[:, None]
@@ -175,6 +180,8 @@ def build(image: np.ndarray, landmarks: np.ndarray, *, expand_ratio: float = 0.1
             lm[:, :2],
             fr.to_image_points(split_up),
             fr.to_image_points(split_lo),
+            fr.to_image_points(trim_up),
+            fr.to_image_points(trim_lo),
             fr.to_image_points(ring),
             border,
         ]
@@ -183,7 +190,9 @@ def build(image: np.ndarray, landmarks: np.ndarray, *, expand_ratio: float = 0.1
     i_su = np.arange(n_lm, n_lm + n_split)
     i_sl = np.arange(n_lm + n_split, n_lm + 2 * n_split)
     n_ring = len(ring)
-    n_face = n_lm + 2 * n_split  # vertices that may move
+    i_tu = np.arange(n_lm + 2 * n_split, n_lm + 3 * n_split)
+    i_tl = np.arange(n_lm + 3 * n_split, n_lm + 4 * n_split)
+    n_face = n_lm + 4 * n_split  # vertices that may move
     VL = fr.local(vertices[:n_face])  # local coords of movable vertices
     x, y = VL[:, 0], VL[:, 1]
     u = (x - x_mouth) / half_w
@@ -235,6 +244,8 @@ def build(image: np.ndarray, landmarks: np.ndarray, *, expand_ratio: float = 0.1
     meet = y_up(split_x) + k * 0.25 * gap(split_x)
     d[i_su, 1] = meet + 0.005 * gap(split_x) - y[i_su]
     d[i_sl, 1] = meet + 0.015 * gap(split_x) - y[i_sl]
+    d[i_tu, 1] = meet - 0.005 * gap(split_x) - y[i_tu]
+    d[i_tl, 1] = meet + 0.02 * gap(split_x) - y[i_tl]
     set_field("close", d)
 
     # -- linear mouth controls: handles with Gaussian falloff
@@ -338,6 +349,8 @@ def build(image: np.ndarray, landmarks: np.ndarray, *, expand_ratio: float = 0.1
     depth_v[:n_lm] = depth
     depth_v[i_su] = depth[13]
     depth_v[i_sl] = depth[14]
+    depth_v[i_tu] = depth[13]
+    depth_v[i_tl] = depth[14]
     par_grid = rasterize(tris, vertices, depth_v[:, None], (x0, y0), step, (gh, gw))[..., 0].astype(
         np.float32
     )

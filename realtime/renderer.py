@@ -109,10 +109,17 @@ class PortraitRenderer:
         self._fields = np.ascontiguousarray(fields.reshape(len(FIELDS), -1))
         self._face_mask = np.array([0.0 if n.startswith("head") else 1.0 for n in FIELDS], np.float32)
         self._patches = self._detail_patches(fields)
-        self._face_support = self._support(fields)
         x0, y0, x1, y1 = self._roi
-        self._base_x = np.tile(np.arange(x0, x1, dtype=np.float32), (y1 - y0, 1))
-        self._base_y = np.tile(np.arange(y0, y1, dtype=np.float32)[:, None], (1, x1 - x0))
+        bx, by = np.meshgrid(np.arange(x0, x1, dtype=np.float32), np.arange(y0, y1, dtype=np.float32))
+        self._base = np.ascontiguousarray(np.dstack([bx, by]))  # (h, w, 2) absolute pixel coordinates
+        gh, gw, r = self._grid
+        cx, cy = np.meshgrid(np.arange(gw, dtype=np.float32), np.arange(gh, dtype=np.float32))
+        self._cells = np.ascontiguousarray(np.dstack([cx, cy]))  # coarse cell indices
+        # ROI pixel -> coarse cell coordinate (as cv2.resize samples), separable in x and y
+        self._pix_cells = (
+            ((np.arange(x1 - x0, dtype=np.float32) + 0.5) / r - 0.5)[None, :],
+            ((np.arange(y1 - y0, dtype=np.float32) + 0.5) / r - 0.5)[:, None],
+        )
         # mesh vertices of the mouth's split lines, for the painted interior
         up = np.array(meta["split_upper"])
         lo = np.array(meta["split_lower"])
@@ -131,26 +138,6 @@ class PortraitRenderer:
         self._lock = threading.Lock()
         self._last: tuple[bytes, np.ndarray | None] | None = None
         self._torch = _TorchWarp(self.background) if backend == "torch" else None
-
-    def _support(self, fields: np.ndarray) -> tuple[int, int, int, int]:
-        """ROI-pixel box (y0, y1, x0, x1) outside which every face (non-pose) field is zero."""
-        gh, gw, r = self._grid
-        face = np.abs(fields[self._face_mask > 0]).reshape(-1, gh, gw, 2).max(axis=(0, 3)) > 0
-        boxes = [(p[0], p[1], p[2], p[3]) for p in self._patches]
-        if face.any():
-            ys, xs = np.nonzero(face)
-            # a coarse cell's value reaches one cell further after bilinear upsampling
-            boxes.append(((ys.min() - 1) * r, (ys.max() + 2) * r, (xs.min() - 1) * r, (xs.max() + 2) * r))
-        if not boxes:
-            return 0, 0, 0, 0
-        b = np.array(boxes)
-        x0, y0, x1, y1 = self._roi
-        return (
-            int(max(b[:, 0].min(), 0)),
-            int(min(b[:, 1].max(), y1 - y0)),
-            int(max(b[:, 2].min(), 0)),
-            int(min(b[:, 3].max(), x1 - x0)),
-        )
 
     def _detail_patches(self, coarse: np.ndarray) -> list[tuple[int, int, int, int, np.ndarray]]:
         """Full-resolution fields where the warp is sharp (lips, lids); a coarse grid would smear them.
@@ -218,11 +205,11 @@ class PortraitRenderer:
         if not np.any(w):
             return None
         x0, y0, x1, y1 = self._roi
-        map_x, map_y = self._maps(w)
+        maps = self._maps(w)
         if self._torch is not None:
-            warped = self._torch.warp(map_x, map_y)
+            warped = self._torch.warp(maps)
         else:
-            m1, m2 = cv2.convertMaps(map_x, map_y, cv2.CV_16SC2)
+            m1, m2 = cv2.convertMaps(maps, None, cv2.CV_16SC2)
             warped = cv2.remap(self.background, m1, m2, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
         active = np.nonzero(w)[0]
         up = self._split_pts[0] + np.tensordot(w[active], self._split_disp[0][active], axes=1)
@@ -239,44 +226,52 @@ class PortraitRenderer:
             out += w[i] * fields[i]
         return out
 
-    def _maps(self, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Absolute source coordinates (map_x, map_y) for every ROI pixel.
+    def _maps(self, w: np.ndarray) -> np.ndarray:
+        """Absolute source coordinates (h, w, 2) float32 for every ROI pixel.
 
         Face fields (lips, lids, brows) are sharp and defined on the still photo, so the
         head pose is *composed* with them (face after un-posing), not added: adding
-        would slide the lip closure off the lips as the head moves.
+        would slide the lip closure off the lips as the head moves. The smooth part is
+        composed on the coarse grid; the sharp patches per pixel.
         """
         gh, gw, r = self._grid
         x0, y0, x1, y1 = self._roi
         h, w_ = y1 - y0, x1 - x0
         w_face = w * self._face_mask
         w_pose = w - w_face
-        dense = None
-        if np.any(w_face):
-            coarse = self._blend(w_face, self._fields).reshape(gh, gw, 2)
-            dense = cv2.resize(coarse, (gw * r, gh * r), interpolation=cv2.INTER_LINEAR)[:h, :w_]
-            for py0, py1, px0, px1, pf in self._patches:
-                dense[py0:py1, px0:px1] = self._blend(w_face, pf).reshape(py1 - py0, px1 - px0, 2)
-        if not np.any(w_pose):
-            return self._base_x + dense[..., 0], self._base_y + dense[..., 1]
-        coarse = self._blend(w_pose, self._fields).reshape(gh, gw, 2)
-        pose = cv2.resize(coarse, (gw * r, gh * r), interpolation=cv2.INTER_LINEAR)[:h, :w_]
-        px = self._base_x + pose[..., 0]
-        py = self._base_y + pose[..., 1]
-        if dense is None:
-            return px, py
-        # compose only where the face fields can land: their support grown by the pose's reach
-        reach = int(np.ceil(np.abs(coarse).max())) + 2
-        fy0, fy1, fx0, fx1 = self._face_support
-        fy0, fx0 = max(fy0 - reach, 0), max(fx0 - reach, 0)
-        fy1, fx1 = min(fy1 + reach, h), min(fx1 + reach, w_)
-        sub_x, sub_y = px[fy0:fy1, fx0:fx1], py[fy0:fy1, fx0:fx1]
-        face = cv2.remap(
-            dense, sub_x - x0, sub_y - y0, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0
-        )
-        sub_x += face[..., 0]
-        sub_y += face[..., 1]
-        return px, py
+        has_face, has_pose = bool(np.any(w_face)), bool(np.any(w_pose))
+        face_c = self._blend(w_face, self._fields).reshape(gh, gw, 2) if has_face else None
+        pose_c = self._blend(w_pose, self._fields).reshape(gh, gw, 2) if has_pose else None
+        if not has_pose:
+            total_c = face_c
+        elif not has_face:
+            total_c = pose_c
+        else:
+            at = self._cells + pose_c / r  # where each cell's content comes from, in cell units
+            total_c = pose_c + cv2.remap(face_c, at, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
+        maps = cv2.resize(total_c, (gw * r, gh * r), interpolation=cv2.INTER_LINEAR)[:h, :w_]
+        maps += self._base
+        if not has_face:
+            return maps
+        reach = int(np.ceil(np.abs(pose_c).max() + 1)) if has_pose else 0
+        for py0, py1, px0, px1, pf in self._patches:
+            fine = self._blend(w_face, pf).reshape(py1 - py0, px1 - px0, 2)
+            if not has_pose:
+                maps[py0:py1, px0:px1] = self._base[py0:py1, px0:px1] + fine
+                continue
+            # output pixels whose un-posed position may fall in the patch
+            qy0, qx0 = max(py0 - reach, 0), max(px0 - reach, 0)
+            qy1, qx1 = min(py1 + reach, h), min(px1 + reach, w_)
+            base = self._base[qy0:qy1, qx0:qx1]
+            cx = np.ascontiguousarray(np.broadcast_to(self._pix_cells[0][:, qx0:qx1], (qy1 - qy0, qx1 - qx0)))
+            cy = np.ascontiguousarray(np.broadcast_to(self._pix_cells[1][qy0:qy1], (qy1 - qy0, qx1 - qx0)))
+            pose = cv2.remap(pose_c, cx, cy, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+            src = base + pose  # un-posed position (absolute)
+            face = maps[qy0:qy1, qx0:qx1] - src  # the coarse face part there
+            at = src - np.array([x0 + px0, y0 + py0], np.float32)
+            cv2.remap(fine, at, None, cv2.INTER_LINEAR, dst=face, borderMode=cv2.BORDER_TRANSPARENT)
+            maps[qy0:qy1, qx0:qx1] = src + face
+        return maps
 
 
 class _TorchWarp:
@@ -290,13 +285,11 @@ class _TorchWarp:
         self.src = torch.from_numpy(background.astype(np.float32)).permute(2, 0, 1)[None].contiguous()
         self.scale = (2.0 / max(w - 1, 1), 2.0 / max(h - 1, 1))
 
-    def warp(self, map_x: np.ndarray, map_y: np.ndarray) -> np.ndarray:
+    def warp(self, maps: np.ndarray) -> np.ndarray:
         torch = self.torch
         with torch.no_grad():
-            gx = torch.from_numpy(map_x) * self.scale[0] - 1.0
-            gy = torch.from_numpy(map_y) * self.scale[1] - 1.0
-            grid = torch.stack([gx, gy], -1)[None]
+            grid = torch.from_numpy(maps) * torch.tensor(self.scale) - 1.0
             out = torch.nn.functional.grid_sample(
-                self.src, grid, mode="bilinear", padding_mode="border", align_corners=True
+                self.src, grid[None], mode="bilinear", padding_mode="border", align_corners=True
             )
             return out[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy().copy()

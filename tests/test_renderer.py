@@ -178,7 +178,8 @@ def test_extremes_make_no_holes(renderer):
         m[19:] = pose
         from realtime.motion import clip_motion
 
-        map_x, map_y = renderer._maps(field_weights(clip_motion(m), renderer.bundle.meta))
+        maps = renderer._maps(field_weights(clip_motion(m), renderer.bundle.meta))
+        map_x, map_y = maps[..., 0], maps[..., 1]
         assert np.isfinite(map_x).all() and np.isfinite(map_y).all()
         assert map_x.min() > -1 and map_x.max() < w and map_y.min() > -1 and map_y.max() < h
 
