@@ -253,7 +253,7 @@ def build(image: np.ndarray, landmarks: np.ndarray, *, expand_ratio: float = 0.1
         return np.exp(-((VL - center) ** 2).sum(1) / (2 * sigma**2)) * below_nose
 
     c_r, c_l = L[61], L[291]
-    both = falloff(c_r, 0.25 * E)[:, None] * np.array([1, 0]) + falloff(c_l, 0.25 * E)[:, None] * np.array(
+    both = falloff(c_r, 0.3 * E)[:, None] * np.array([1, 0]) + falloff(c_l, 0.3 * E)[:, None] * np.array(
         [-1, 0]
     )
     lips_up = np.where((above >= -0.01) & (above < 0.3 * E), 1 - _smoothstep(0, 0.3 * E, above), 0.0)
@@ -263,16 +263,16 @@ def build(image: np.ndarray, landmarks: np.ndarray, *, expand_ratio: float = 0.1
     lips_up[i_su], lips_lo[i_su] = 1 - _smoothstep(0.8, 1.3, np.abs(u[i_su])), 0
     lips_lo[i_sl], lips_up[i_sl] = 1 - _smoothstep(0.8, 1.3, np.abs(u[i_sl])), 0
 
-    d = both * 0.07 * E
+    d = both * 0.09 * E
     d[:, 1] += (-0.03 * lips_up + 0.05 * lips_lo) * E
     set_field("mouthFunnel", d)
-    d = both * 0.13 * E
+    d = both * 0.2 * E
     d[:, 1] += (-0.012 * lips_up + 0.012 * lips_lo) * E
     set_field("mouthPucker", d)
     for side, corner, sgn in (("Left", c_l, 1.0), ("Right", c_r, -1.0)):
         g = falloff(corner, 0.3 * E)[:, None]
-        set_field(f"mouthSmile{side}", g * np.array([sgn * 0.09, -0.08]) * E)
-        set_field(f"mouthStretch{side}", g * np.array([sgn * 0.10, 0.03]) * E)
+        set_field(f"mouthSmile{side}", g * np.array([sgn * 0.11, -0.09]) * E)
+        set_field(f"mouthStretch{side}", g * np.array([sgn * 0.12, 0.03]) * E)
         half = _smoothstep(-0.4, 0.4, sgn * u)[:, None]
         d = np.zeros((n_face, 2))
         d[:, 1] = -0.08 * E * lips_up
@@ -444,6 +444,18 @@ def _gap_is_open(image: np.ndarray, fr: _Frame, xs: np.ndarray, yu: np.ndarray, 
     return bool((teeth | dark).mean() > 0.3)
 
 
+def _otsu(values: np.ndarray) -> float:
+    """Otsu's threshold of a 1-D sample."""
+    hist, edges = np.histogram(values, bins=64)
+    p = hist / max(hist.sum(), 1)
+    centers = (edges[:-1] + edges[1:]) / 2
+    w0 = np.cumsum(p)
+    m0 = np.cumsum(p * centers)
+    mt = m0[-1]
+    between = (mt * w0 - m0) ** 2 / np.maximum(w0 * (1 - w0), 1e-12)
+    return float(centers[int(np.argmax(between))])
+
+
 def _teeth_edge(image: np.ndarray, fr: _Frame, xs: np.ndarray, yu: np.ndarray, yl: np.ndarray):
     """Where the upper teeth end in each column of an open mouth (the jaw opens below them).
 
@@ -454,19 +466,25 @@ def _teeth_edge(image: np.ndarray, fr: _Frame, xs: np.ndarray, yu: np.ndarray, y
     rgb, ly = _sample_gap(image, fr, xs, yu, yl, n)
     lum = rgb @ np.array([0.299, 0.587, 0.114])
     sat = rgb.max(-1) - rgb.min(-1)
-    bright = (lum > 0.5 * (lum.max() + np.median(lum))) & (sat < 0.5 * lum)
-    if bright.sum() < 3:
+    # teeth: bright and unsaturated; the threshold splits the gap's luminances in two (Otsu)
+    thr = _otsu(lum[1:-1].ravel())
+    bright = (lum > thr) & (sat < 0.5 * lum)
+    if bright[1:-1].sum() < 0.15 * bright[1:-1].size:
         return None
     out = (yu + yl) / 2
     for k in range(len(xs)):
-        hits = np.nonzero(bright[k])[0]
-        if len(hits) == 0:
-            continue
-        end = hits[0]
-        while end + 1 < n and bright[k, end + 1]:
-            end += 1
-        if end < n - 1:
-            out[k] = ly[k, end] + 0.5 * (ly[k, 1] - ly[k, 0])
+        # the longest bright run in the column is the upper teeth; the jaw opens below it
+        best, start, run_best = None, None, 0
+        for i in range(n + 1):
+            on = i < n and bool(bright[k, i])
+            if on and start is None:
+                start = i
+            if not on and start is not None:
+                if i - start > run_best:
+                    best, run_best = i - 1, i - start
+                start = None
+        if best is not None and run_best >= 3:
+            out[k] = ly[k, best] + 0.5 * (ly[k, 1] - ly[k, 0])
     # the teeth edge is smooth: a median of three then a light blur removes single-column misses
     padded = np.concatenate([out[:1], out, out[-1:]])
     med = np.median(np.stack([padded[:-2], padded[1:-1], padded[2:]]), axis=0)

@@ -228,3 +228,16 @@ def test_bad_arguments(astronaut):
         PortraitRenderer(astronaut, 512, backend="opengl")
     with pytest.raises(ValueError):
         PortraitRenderer(astronaut, 10)
+
+
+def test_lip_shape_controls(mesh, renderer):
+    def width(frame: np.ndarray) -> float:
+        lm = mesh.faces(frame)[0].landmarks
+        return float(np.linalg.norm(lm[61, :2] - lm[291, :2]))
+
+    rest = width(renderer.render(neutral()))
+    assert width(renderer.render(motion(mouthPucker=1.0))) < 0.9 * rest
+    assert width(renderer.render(motion(mouthStretchLeft=1.0, mouthStretchRight=1.0))) > 1.04 * rest
+    smile = mesh.faces(renderer.render(motion(mouthSmileLeft=1.0, mouthSmileRight=1.0)))[0].landmarks
+    ref = mesh.faces(renderer.render(neutral()))[0].landmarks
+    assert ref[61, 1] - smile[61, 1] > 1.0 and ref[291, 1] - smile[291, 1] > 1.0  # corners rise
