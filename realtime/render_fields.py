@@ -262,6 +262,8 @@ def build(image: np.ndarray, landmarks: np.ndarray, *, expand_ratio: float = 0.1
     lips_lo *= 1 - _smoothstep(0.8, 1.3, np.abs(u))
     lips_up[i_su], lips_lo[i_su] = 1 - _smoothstep(0.8, 1.3, np.abs(u[i_su])), 0
     lips_lo[i_sl], lips_up[i_sl] = 1 - _smoothstep(0.8, 1.3, np.abs(u[i_sl])), 0
+    if photo_open:
+        lips_up[i_su] = 0.0  # the upper split is the teeth edge: it stays when the upper lip lifts
 
     d = both * 0.09 * E
     d[:, 1] += (-0.03 * lips_up + 0.05 * lips_lo) * E
@@ -360,6 +362,11 @@ def build(image: np.ndarray, landmarks: np.ndarray, *, expand_ratio: float = 0.1
     def pose_forward(pts: np.ndarray, par: np.ndarray) -> dict[str, np.ndarray]:
         q = fr.local(pts)
         mask = 1 - _smoothstep(s_in, s_out, np.sqrt((q[:, 0] / ax) ** 2 + (q[:, 1] / ay) ** 2))
+        # fade out at the image border: a head cut by the frame must not pull in pixels from outside it
+        edge = np.minimum.reduce([pts[:, 0], pts[:, 1], w_img - 1 - pts[:, 0], h_img - 1 - pts[:, 1]])
+        fade = _smoothstep(0.0, 0.6 * E, edge)
+        mask = mask * fade
+        par = par * fade
         zero = np.zeros_like(mask)
         rel = pts - pivot
         return {

@@ -211,12 +211,41 @@ class PortraitRenderer:
         else:
             m1, m2 = cv2.convertMaps(maps, None, cv2.CV_16SC2)
             warped = cv2.remap(self.background, m1, m2, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-        active = np.nonzero(w)[0]
-        up = self._split_pts[0] + np.tensordot(w[active], self._split_disp[0][active], axes=1)
-        lo = self._split_pts[1] + np.tensordot(w[active], self._split_disp[1][active], axes=1)
+        up, lo = self._mouth_lines(w)
         paint_mouth(warped, (x0, y0), up, lo, self._mouth)
         warped.setflags(write=False)
         return warped
+
+    def _mouth_lines(self, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Where the mouth's split lines land in the frame (output pixels).
+
+        Face fields move them forward (exact per vertex); the head pose is then applied
+        by inverting the *same* backward pose field the warp uses, so the painted mouth
+        sits exactly on the warped lips.
+        """
+        w_face = w * self._face_mask
+        active = np.nonzero(w_face)[0]
+        lines = [
+            pts + np.tensordot(w_face[active], disp[active], axes=1)
+            for pts, disp in zip(self._split_pts, self._split_disp, strict=True)
+        ]
+        w_pose = w - w_face
+        if not np.any(w_pose):
+            return lines[0], lines[1]
+        gh, gw, r = self._grid
+        pose_c = self._blend(w_pose, self._fields).reshape(gh, gw, 2)
+        x0, y0 = self._roi[:2]
+        out = []
+        for p in lines:
+            q = p.astype(np.float32).copy()
+            for _ in range(4):  # fixed point of q + B(q) = p; B is smooth and small
+                cells = ((q - [x0, y0] + 0.5) / r - 0.5).astype(np.float32)[None]
+                b = cv2.remap(
+                    pose_c, cells[..., 0], cells[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
+                )
+                q = p - b[0]
+            out.append(q)
+        return out[0], out[1]
 
     @staticmethod
     def _blend(w: np.ndarray, fields: np.ndarray) -> np.ndarray:
