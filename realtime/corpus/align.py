@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -24,6 +25,15 @@ class Aligner:
         from pocketsphinx import Decoder
 
         self._decoder = Decoder(samprate=16000, bestpath=False, loglevel="FATAL")
+        self._wide: Any = None  # created on first need: default beams prune fast speech out of the word pass
+
+    def _wide_decoder(self) -> Any:
+        if self._wide is None:
+            from pocketsphinx import Decoder
+
+            wide = {"beam": 1e-120, "wbeam": 1e-100, "pbeam": 1e-120, "maxhmmpf": -1}
+            self._wide = Decoder(samprate=16000, bestpath=False, loglevel="FATAL", **wide)
+        return self._wide
 
     def oov(self, words: list[str]) -> list[str]:
         """Words the aligner's dictionary does not have."""
@@ -48,19 +58,13 @@ class Aligner:
         if missing:
             raise AlignmentError(f"out-of-vocabulary words: {' '.join(sorted(set(missing)))}")
         data = np.ascontiguousarray(pcm, dtype=np.int16).tobytes()
-        decoder = self._decoder
         try:
-            decoder.set_align_text(" ".join(words))
-            decoder.start_utt()
-            decoder.process_raw(data, full_utt=True)
-            decoder.end_utt()
-            decoder.set_alignment()
-            decoder.start_utt()
-            decoder.process_raw(data, full_utt=True)
-            decoder.end_utt()
-            alignment = decoder.get_alignment()
-        except (RuntimeError, ValueError) as exc:
-            raise AlignmentError(f"pocketsphinx failed: {exc}") from exc
+            alignment = self._run(self._decoder, data, words)
+        except (RuntimeError, ValueError):
+            try:
+                alignment = self._run(self._wide_decoder(), data, words)
+            except (RuntimeError, ValueError) as exc:
+                raise AlignmentError(f"pocketsphinx failed: {exc}") from exc
         if alignment is None:
             raise AlignmentError("pocketsphinx found no alignment")
         phones: Phones = []
@@ -73,6 +77,21 @@ class Aligner:
         if not any(p != SILENCE for p, _, _ in phones):
             raise AlignmentError("alignment has no speech")
         return phones
+
+    def _run(self, decoder: Any, data: bytes, words: list[str]) -> Any:
+        if decoder is not self._decoder:
+            for word in set(words):  # the wide decoder needs the compounds taught to the first one
+                if decoder.lookup_word(word) is None and self._decoder.lookup_word(word):
+                    decoder.add_word(word, self._decoder.lookup_word(word), True)
+        decoder.set_align_text(" ".join(words))
+        decoder.start_utt()
+        decoder.process_raw(data, full_utt=True)
+        decoder.end_utt()
+        decoder.set_alignment()
+        decoder.start_utt()
+        decoder.process_raw(data, full_utt=True)
+        decoder.end_utt()
+        return decoder.get_alignment()
 
 
 @dataclass(frozen=True)

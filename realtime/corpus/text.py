@@ -134,10 +134,11 @@ def load_allison_transcripts(path: Path = ALLISON_TRANSCRIPTS) -> dict[str, str]
             if not line or line.startswith(";") or ":" not in line:
                 continue
             name, text = line.split(":", 1)
-            text = text.strip()
-            if not text or text.startswith("["):
+            # Drop stage directions: "[beep]", "<beep ascending>", "(simple tone sound plays)".
+            text = re.sub(r"\[[^\]]*\]|<[^>]*>|\([^)]*\)", "", text).strip()
+            if not text or name.startswith("silence/"):
                 continue
-            out[name.strip()] = re.sub(r"\[[^\]]*\]", "", text).strip()
+            out[name.strip()] = text
     return out
 
 
