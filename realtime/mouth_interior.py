@@ -89,9 +89,9 @@ def paint_mouth(
     )
     if info.get("teeth", True):
         # upper teeth under the upper lip, lower teeth just above the lower lip (fainter)
-        band = np.clip(0.085 * e / gap, 0.0, 0.42)
+        band = np.clip(0.095 * e / gap, 0.0, 0.7)
         teeth = 1 - _smooth(0.55, 1.0, t / np.maximum(band, 1e-3))
-        teeth *= (1 - _smooth(0.4, 0.8, s)) * _smooth(0.04 * e, 0.12 * e, gap) * 0.9
+        teeth *= (1 - _smooth(0.4, 0.8, s)) * _smooth(0.015 * e, 0.06 * e, gap) * 0.9
         low_band = np.clip(0.04 * e / gap, 0.0, 0.2)
         low = _smooth(1 - low_band, 1 - 0.4 * low_band, t) * (1 - _smooth(0.3, 0.6, s)) * 0.45
         low *= _smooth(0.1 * e, 0.25 * e, gap)

@@ -253,9 +253,6 @@ def build(image: np.ndarray, landmarks: np.ndarray, *, expand_ratio: float = 0.1
         return np.exp(-((VL - center) ** 2).sum(1) / (2 * sigma**2)) * below_nose
 
     c_r, c_l = L[61], L[291]
-    both = falloff(c_r, 0.3 * E)[:, None] * np.array([1, 0]) + falloff(c_l, 0.3 * E)[:, None] * np.array(
-        [-1, 0]
-    )
     lips_up = np.where((above >= -0.01) & (above < 0.3 * E), 1 - _smoothstep(0, 0.3 * E, above), 0.0)
     lips_lo = np.where((below >= -0.01) & (below < 0.3 * E), 1 - _smoothstep(0, 0.3 * E, below), 0.0)
     lips_up *= 1 - _smoothstep(0.8, 1.3, np.abs(u))
@@ -265,10 +262,18 @@ def build(image: np.ndarray, landmarks: np.ndarray, *, expand_ratio: float = 0.1
     if photo_open:
         lips_up[i_su] = 0.0  # the upper split is the teeth edge: it stays when the upper lip lifts
 
-    d = both * 0.09 * E
+    # pucker and funnel gather the whole mouth towards its centre (a horizontal squeeze that
+    # fades into the cheeks), so the lip line keeps its shape instead of kinking at the corners
+    y_mid = (y_up(x) + y_lo(x)) / 2
+    squeeze = np.exp(-((y - y_mid) ** 2) / (2 * (0.3 * E) ** 2)) * np.exp(
+        -(np.maximum(np.abs(u) - 1.0, 0.0) ** 2) / (2 * 0.45**2)
+    )
+    gather = np.zeros((n_face, 2))
+    gather[:, 0] = -(x - x_mouth) * squeeze * below_nose
+    d = gather * 0.22
     d[:, 1] += (-0.03 * lips_up + 0.05 * lips_lo) * E
     set_field("mouthFunnel", d)
-    d = both * 0.2 * E
+    d = gather * 0.38
     d[:, 1] += (-0.012 * lips_up + 0.012 * lips_lo) * E
     set_field("mouthPucker", d)
     for side, corner, sgn in (("Left", c_l, 1.0), ("Right", c_r, -1.0)):
