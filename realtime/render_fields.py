@@ -375,8 +375,8 @@ def build(image: np.ndarray, landmarks: np.ndarray, *, expand_ratio: float = 0.1
         zero = np.zeros_like(mask)
         rel = pts - pivot
         return {
-            "headYaw": fr.to_image(np.stack([th * E * (0.55 * mask + 0.9 * par), zero], 1)),
-            "headPitch": fr.to_image(np.stack([zero, th * E * (0.45 * mask + 0.9 * par)], 1)),
+            "headYaw": fr.to_image(np.stack([th * E * (0.7 * mask + 1.2 * par), zero], 1)),
+            "headPitch": fr.to_image(np.stack([zero, th * E * (0.5 * mask + 1.0 * par)], 1)),
             "headRoll": th * mask[:, None] * np.stack([-rel[:, 1], rel[:, 0]], 1),
         }
 

@@ -241,3 +241,20 @@ def test_lip_shape_controls(mesh, renderer):
     smile = mesh.faces(renderer.render(motion(mouthSmileLeft=1.0, mouthSmileRight=1.0)))[0].landmarks
     ref = mesh.faces(renderer.render(neutral()))[0].landmarks
     assert ref[61, 1] - smile[61, 1] > 1.0 and ref[291, 1] - smile[291, 1] > 1.0  # corners rise
+
+
+def test_shared_between_threads(renderer):
+    """One renderer serves many sessions: concurrent renders equal sequential ones."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    rng = np.random.default_rng(1)
+    motions = []
+    for _ in range(24):
+        m = neutral()
+        m[:19] = rng.random(19)
+        m[19:] = rng.uniform(-8, 8, 3)
+        motions.append(m)
+    expected = [renderer.render(m) for m in motions]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        got = list(pool.map(renderer.render, motions))
+    assert all(np.array_equal(a, b) for a, b in zip(expected, got, strict=True))
