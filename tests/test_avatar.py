@@ -257,3 +257,32 @@ def test_read_only_cache_dir_still_registers(tmp_path, astronaut_png):
     # a cache "directory" that is a file cannot be written; registration must still succeed
     got = register_avatar(astronaut_png, cache_dir=Path(blocker))
     assert got.key
+
+
+def test_sixteen_bit_grayscale(bundle):
+    import io
+
+    from PIL import Image
+
+    gray16 = (faces.astronaut().mean(axis=2) * 257).astype(np.uint16)
+    buf = io.BytesIO()
+    Image.fromarray(gray16).save(buf, format="PNG")
+    got = register_avatar(buf.getvalue())
+    assert got.image.dtype == np.uint8 and got.image.max() > 200
+    assert abs(got.meta["eye_distance"] - bundle.meta["eye_distance"]) < 3
+
+
+def test_exif_orientation_is_applied(bundle):
+    import io
+
+    from PIL import Image
+
+    # pixels stored turned a quarter left, with the EXIF tag that says "turn right to view"
+    stored = np.ascontiguousarray(np.rot90(faces.astronaut(), k=1))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buf = io.BytesIO()
+    Image.fromarray(stored).save(buf, format="JPEG", quality=95, exif=exif)
+    got = register_avatar(buf.getvalue())
+    err = np.linalg.norm(got.landmarks[:, :2] - bundle.landmarks[:, :2], axis=1)
+    assert np.median(err) < 0.08 * bundle.meta["eye_distance"]
