@@ -509,7 +509,7 @@ def _patches(vertices: np.ndarray, disp: np.ndarray, E: float) -> list[list[floa
     """Boxes (x0, y0, x1, y1) where fields change sharply (lips, lids): rendered at full resolution."""
     out = []
     groups = (
-        (UPPER_OUTER + LOWER_OUTER + UPPER_INNER + LOWER_INNER, 0.2),
+        (UPPER_OUTER + LOWER_OUTER + UPPER_INNER + LOWER_INNER, 0.25),
         (RIGHT_UPPER_LID + RIGHT_LOWER_LID + RIGHT_LID_RING1, 0.12),
         (LEFT_UPPER_LID + LEFT_LOWER_LID + LEFT_LID_RING1, 0.12),
     )

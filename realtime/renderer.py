@@ -139,11 +139,11 @@ class PortraitRenderer:
         self._last: tuple[bytes, np.ndarray | None] | None = None
         self._torch = _TorchWarp(self.background) if backend == "torch" else None
 
-    def _detail_patches(self, coarse: np.ndarray) -> list[tuple[int, int, int, int, np.ndarray]]:
+    def _detail_patches(self, coarse: np.ndarray) -> list[tuple]:
         """Full-resolution fields where the warp is sharp (lips, lids); a coarse grid would smear them.
 
         Mesh fields are rasterised per output pixel (pose fields stay on the coarse
-        grid). Returns (y0, y1, x0, x1, fields) in ROI coordinates.
+        grid). Returns (y0, y1, x0, x1, fields, feather alpha) in ROI coordinates.
         """
         b = self.bundle
         sx, sy = self._scale
@@ -168,8 +168,21 @@ class PortraitRenderer:
                 if np.any(disp[i]):
                     f[i] = rasterize(b.triangles, verts + disp[i], -disp[i], (px0, py0), 1.0, (ph, pw))
             f[np.abs(f) < 1e-3] = 0.0
+            # feather: the patch blends into the coarse field over about a cell, so any small
+            # difference between the two is spread out instead of showing as a seam
+            feather = r + 1.0
+            ey = np.minimum(np.arange(ph) + 0.5, ph - np.arange(ph) - 0.5) / feather
+            ex = np.minimum(np.arange(pw) + 0.5, pw - np.arange(pw) - 0.5) / feather
+            alpha = np.clip(np.minimum(ey[:, None], ex[None, :]), 0.0, 1.0).astype(np.float32)
             out.append(
-                (py0 - ry0, py1 - ry0, px0 - rx0, px1 - rx0, np.ascontiguousarray(f.reshape(len(FIELDS), -1)))
+                (
+                    py0 - ry0,
+                    py1 - ry0,
+                    px0 - rx0,
+                    px1 - rx0,
+                    np.ascontiguousarray(f.reshape(len(FIELDS), -1)),
+                    alpha,
+                )
             )
         return out
 
@@ -283,10 +296,11 @@ class PortraitRenderer:
         if not has_face:
             return maps
         reach = int(np.ceil(np.abs(pose_c).max() + 1)) if has_pose else 0
-        for py0, py1, px0, px1, pf in self._patches:
+        for py0, py1, px0, px1, pf, alpha in self._patches:
             fine = self._blend(w_face, pf).reshape(py1 - py0, px1 - px0, 2)
             if not has_pose:
-                maps[py0:py1, px0:px1] = self._base[py0:py1, px0:px1] + fine
+                cur = maps[py0:py1, px0:px1]
+                cur += alpha[..., None] * (self._base[py0:py1, px0:px1] + fine - cur)
                 continue
             # output pixels whose un-posed position may fall in the patch
             qy0, qx0 = max(py0 - reach, 0), max(px0 - reach, 0)
@@ -298,8 +312,17 @@ class PortraitRenderer:
             src = base + pose  # un-posed position (absolute)
             face = maps[qy0:qy1, qx0:qx1] - src  # the coarse face part there
             at = src - np.array([x0 + px0, y0 + py0], np.float32)
-            cv2.remap(fine, at, None, cv2.INTER_LINEAR, dst=face, borderMode=cv2.BORDER_TRANSPARENT)
-            maps[qy0:qy1, qx0:qx1] = src + face
+            # sample [fine field, feather] at the un-posed positions; outside the patch keep [coarse, 0]
+            got = np.dstack([face, np.zeros(face.shape[:2], np.float32)])
+            cv2.remap(
+                np.dstack([fine, alpha]),
+                at,
+                None,
+                cv2.INTER_LINEAR,
+                dst=got,
+                borderMode=cv2.BORDER_TRANSPARENT,
+            )
+            maps[qy0:qy1, qx0:qx1] = src + face + got[..., 2:] * (got[..., :2] - face)
         return maps
 
 

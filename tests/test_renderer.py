@@ -258,3 +258,23 @@ def test_shared_between_threads(renderer):
     with ThreadPoolExecutor(max_workers=4) as pool:
         got = list(pool.map(renderer.render, motions))
     assert all(np.array_equal(a, b) for a, b in zip(expected, got, strict=True))
+
+
+def test_no_seam_where_detail_patches_meet_the_grid(renderer):
+    """Lips and lids are warped per pixel, the rest on a coarse grid: the join must be smooth."""
+    from realtime.motion import clip_motion
+    from realtime.renderer import field_weights
+
+    for values in (
+        {"jawOpen": 1.0},
+        {"eyeBlinkLeft": 1.0, "eyeBlinkRight": 1.0},
+        {"jawOpen": 0.8, "headYaw": 10.0},
+    ):
+        maps = renderer._maps(field_weights(clip_motion(motion(**values)), renderer.bundle.meta))
+        for py0, py1, px0, px1, *_ in renderer._patches:
+            reg = maps[max(py0 - 3, 0) : py1 + 3, max(px0 - 3, 0) : px1 + 3]
+            ring = np.ones(reg.shape[:2], bool)
+            ring[6:-6, 6:-6] = False  # the band around the patch border
+            d2y = np.abs(reg[2:] - 2 * reg[1:-1] + reg[:-2])[ring[1:-1]]
+            d2x = np.abs(reg[:, 2:] - 2 * reg[:, 1:-1] + reg[:, :-2])[ring[:, 1:-1]]
+            assert max(d2y.max(), d2x.max()) < 1.0, values
