@@ -194,6 +194,23 @@ async def test_capacity_rejects_new_and_keeps_open_sessions_streaming(serve):
         await held.close()
     text = app[METRICS_KEY].exposition().decode()
     assert 'avatar_http_rejected_total{reason="sessions_full"} 1.0' in text
+    values = _metric_values(text)
+    # The client received >= 15 frames; how many were fresh renders depends on CPU load, so only >= 1.
+    assert values["avatar_video_frames_sent_total"] >= 15
+    assert values["avatar_render_seconds_count"] >= 1 and values["avatar_model_seconds_count"] >= 1
+    assert values['avatar_http_requests_total{method="POST",route="/offer",status="503"}'] == 1
+
+
+def _metric_values(text: str) -> dict[str, float]:
+    """``name{labels}`` -> value from the Prometheus text format."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
+            out[sample.name + (f"{{{labels}}}" if labels else "")] = sample.value
+    return out
 
 
 async def test_shutdown_with_live_sessions_is_clean(serve, caplog):

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from realtime.config import ROOT
 
@@ -66,14 +67,17 @@ def write_untrained_model(folder: Path, seed: int = 0) -> Path:
     return folder
 
 
-def start_server(overrides: list[str], log_level: str = "WARNING") -> tuple[subprocess.Popen, str]:
+def start_server(
+    overrides: list[str], log_level: str = "WARNING", env: dict[str, str] | None = None, stderr: Any = None
+) -> tuple[subprocess.Popen, str]:
     """``avatar serve`` on a free loopback port as its own process; returns it and its base URL."""
     port = free_port()
     cmd = [sys.executable, "-m", "realtime.cli", "serve", "--host", "127.0.0.1", "--port", str(port)]
     cmd += ["--log-level", log_level]
     for item in overrides:
         cmd += ["--set", item]
-    return subprocess.Popen(cmd, cwd=ROOT), f"http://127.0.0.1:{port}"
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.Popen(cmd, cwd=ROOT, env=full_env, stderr=stderr), f"http://127.0.0.1:{port}"
 
 
 async def wait_ready(url: str, server: subprocess.Popen | None = None, within: float = 180.0) -> None:

@@ -1,0 +1,237 @@
+"""``avatar bench load``: ramp live sessions past ``max_sessions``; what was held, what was refused.
+
+Runs ``avatar serve`` as its own process with ``server.max_sessions = --max-sessions`` and
+connects ``--ramp`` aiortc test clients (speech in, avatar out), one every ``--interval`` s.
+Offers past capacity must get 503 + Retry-After. During the ``--hold`` window a background
+task keeps sending offers (all refused) while the held sessions' delivered fps, the server's
+frame drops and its CPU are measured: capacity refusals must not cost open sessions frames.
+
+``--fuzz N`` instead runs the HTTP fuzz suite (``tests/test_fuzz.py``) with N hypothesis
+examples against the real app and reports inputs tried and 5xx seen.
+
+Examples::
+
+    avatar bench load --max-sessions 4 --ramp 6 --hold 30 --out docs/bench/load.json
+    avatar bench load --fuzz 10000 --out docs/bench/fuzz.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import wave
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from realtime.benchmarks._support import (
+    has_trained_model,
+    import_test_client,
+    rss_mb,
+    start_server,
+    stop_server,
+    wait_ready,
+    write_untrained_model,
+)
+from realtime.config import ROOT
+
+TEXT = "Please bring me a bumpy pillow, Bob. My mom baked a big apple pie. Then we talked for a while."
+
+
+def speech(seconds: float, workdir: Path) -> np.ndarray:
+    """``seconds`` of English speech at 16 kHz (flite, repeated with pauses); a tone if flite is missing."""
+    rate = 16000
+    if shutil.which("flite") is None:
+        t = np.arange(int(seconds * rate)) / rate
+        return (0.2 * np.sin(2 * np.pi * 180 * t) * (np.sin(2 * np.pi * 0.5 * t) > 0)).astype(np.float32)
+    path = workdir / "speech.wav"
+    subprocess.run(["flite", "-voice", "slt", "-t", TEXT, "-o", str(path)], check=True)
+    with wave.open(str(path), "rb") as wf:
+        assert wf.getframerate() == rate
+        pcm = np.frombuffer(wf.readframes(wf.getnframes()), "<i2").astype(np.float32) / 32768.0
+    unit = np.concatenate([pcm, np.zeros(rate // 2, np.float32)])
+    reps = int(np.ceil(seconds * rate / len(unit)))
+    return np.tile(unit, reps)[: int(seconds * rate)]
+
+
+def _proc_cpu(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def _try_offer(client: Any, http: Any, url: str) -> tuple[int, str | None]:
+    """POST one client's offer; (status, Retry-After)."""
+    payload = await client.offer_payload()
+    async with http.post(f"{url}/offer", json=payload) as resp:
+        await resp.read()
+        return resp.status, resp.headers.get("Retry-After")
+
+
+async def run_load(args: argparse.Namespace, url: str, pid: int, pcm: np.ndarray) -> dict[str, Any]:
+    import aiohttp
+
+    client_cls = import_test_client()
+    held: list[Any] = []
+    attempts: list[dict[str, Any]] = []
+    refusals: list[tuple[int, str | None]] = []
+    async with aiohttp.ClientSession() as http:
+        for i in range(args.ramp):
+            client = client_cls(url, pcm, 16000, keep_video=False, heartbeat=1.0)
+            t0 = time.monotonic()
+            try:
+                await client.connect(http)
+                await client.wait_frames(1, within=30)
+                held.append(client)
+                attempts.append({"n": i + 1, "status": 200, "first_frame_s": round(time.monotonic() - t0, 3)})
+            except RuntimeError as exc:
+                status = int(str(exc).split("->")[1].split(":")[0]) if "->" in str(exc) else -1
+                attempts.append({"n": i + 1, "status": status})
+                await client.close()
+            print(f"  offer {i + 1}/{args.ramp}: {attempts[-1]}", file=sys.stderr, flush=True)
+            await asyncio.sleep(args.interval)
+
+        stop = asyncio.Event()
+
+        async def hammer() -> None:
+            """Keep asking for more sessions while the held ones are measured."""
+            while not stop.is_set():
+                extra = client_cls(url, np.zeros(1600, np.float32), 16000, keep_video=False)
+                try:
+                    refusals.append(await _try_offer(extra, http, url))
+                finally:
+                    await extra.close()
+                await asyncio.sleep(args.hammer_every)
+
+        async def server_stats() -> list[dict[str, Any]]:
+            out = []
+            for c in held:
+                async with http.get(f"{url}/sessions/{c.session_id}") as r:
+                    out.append(await r.json())
+            return out
+
+        before = await server_stats()
+        counts0 = [c.video_count for c in held]
+        cpu0, t0, rss0 = _proc_cpu(pid), time.monotonic(), rss_mb(pid)
+        task = asyncio.create_task(hammer())
+        await asyncio.sleep(args.hold)
+        stop.set()
+        await task
+        t1, cpu1 = time.monotonic(), _proc_cpu(pid)
+        counts1 = [c.video_count for c in held]
+        after = await server_stats()
+        rss1 = rss_mb(pid)
+        for c in held:
+            await c.close()
+    span = t1 - t0
+    fps = [(b - a) / span for a, b in zip(counts0, counts1, strict=True)]
+    sent = [a["frames_sent"] - b["frames_sent"] for a, b in zip(after, before, strict=True)]
+    dropped = [a["frames_dropped"] - b["frames_dropped"] for a, b in zip(after, before, strict=True)]
+    ok_503 = sum(1 for s, ra in refusals if s == 503 and ra)
+    return {
+        "max_sessions": args.max_sessions,
+        "ramp": args.ramp,
+        "attempts": attempts,
+        "sessions_held": len(held),
+        "ramp_rejected_503": sum(1 for a in attempts if a["status"] == 503),
+        "hold_seconds": round(span, 1),
+        "hold_offers_refused": len(refusals),
+        "hold_refusals_503_with_retry_after": ok_503,
+        "hold_other_statuses": sorted({s for s, _ in refusals if s != 503}),
+        "held_fps_client": [round(f, 2) for f in fps],
+        "held_fps_median": round(float(np.median(fps)), 2) if fps else None,
+        "held_fps_min": round(float(np.min(fps)), 2) if fps else None,
+        "server_frames_sent_hold": sent,
+        "server_frames_dropped_hold": dropped,
+        "server_drop_ratio": round(sum(dropped) / max(1, sum(sent) + sum(dropped)), 4),
+        "server_cpu_pct": round(100.0 * (cpu1 - cpu0) / span, 1),
+        "server_rss_mb_start_end": [round(rss0, 1), round(rss1, 1)],
+    }
+
+
+def run_fuzz(examples: int, report: Path) -> dict[str, Any]:
+    """The hypothesis HTTP fuzz suite with a large budget, in a pytest child process."""
+    env = dict(os.environ)
+    env.update(
+        {
+            "AVATAR_FUZZ_EXAMPLES": str(examples),
+            "AVATAR_FUZZ_REPORT": str(report),
+            "AVATAR_FUZZ_RANDOM": "1",  # a fresh random sample, not CI's fixed one
+        }
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        "tests/test_fuzz.py",
+        "-o",
+        "timeout=0",
+    ]
+    t0 = time.monotonic()
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+    out: dict[str, Any] = {
+        "examples_requested": examples,
+        "pytest_exit_code": proc.returncode,
+        "seconds": round(time.monotonic() - t0, 1),
+        "pytest_tail": proc.stdout.strip().splitlines()[-3:],
+    }
+    if report.exists():
+        out.update(json.loads(report.read_text()))
+    return out
+
+
+def cli_main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="avatar bench load", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--max-sessions", type=int, default=4)
+    parser.add_argument("--ramp", type=int, default=6, help="offers made, one every --interval s")
+    parser.add_argument("--interval", type=float, default=1.5)
+    parser.add_argument("--hold", type=float, default=30.0, help="seconds the held sessions are measured")
+    parser.add_argument(
+        "--hammer-every", type=float, default=0.5, help="s between refused offers in the hold"
+    )
+    parser.add_argument("--resolution", type=int, default=512)
+    parser.add_argument("--fuzz", type=int, default=0, help="run the HTTP fuzz suite with N examples instead")
+    parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
+    args = parser.parse_args(argv)
+
+    result: dict[str, Any] = {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "command": "avatar bench load " + " ".join(argv),
+        "cpus": os.cpu_count(),
+    }
+    with tempfile.TemporaryDirectory(prefix="bench-load-") as tmp:
+        if args.fuzz > 0:
+            result["fuzz"] = run_fuzz(args.fuzz, Path(tmp) / "fuzz.json")
+        else:
+            overrides = [f"server.max_sessions={args.max_sessions}", "server.rate_limit_per_minute=0"]
+            overrides += [f"avatars.cache_dir={tmp}/avatars", f"offline.output_dir={tmp}/outputs"]
+            overrides += [f"live.resolution={args.resolution}"]
+            untrained = not has_trained_model()
+            if untrained:
+                print("no trained model in models/motion: using an untrained one", file=sys.stderr)
+                overrides.append(f"model.path={write_untrained_model(Path(tmp) / 'motion')}")
+            result["untrained_model"] = untrained
+            pcm = speech(args.ramp * args.interval + args.hold + 30, Path(tmp))
+            server, url = start_server(overrides)
+            try:
+                asyncio.run(wait_ready(url, server))
+                result["load"] = asyncio.run(run_load(args, url, server.pid, pcm))
+            finally:
+                stop_server(server)
+    result["loadavg"] = Path("/proc/loadavg").read_text().split()[:3]
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text + "\n")
+    return 0
