@@ -108,6 +108,7 @@ class PortraitRenderer:
         fields[np.abs(fields) < 1e-3] = 0.0  # keep the still parts exactly still
         self._fields = np.ascontiguousarray(fields.reshape(len(FIELDS), -1))
         self._face_mask = np.array([0.0 if n.startswith("head") else 1.0 for n in FIELDS], np.float32)
+        self._feather = float(r + 1)
         self._patches = self._detail_patches(fields)
         x0, y0, x1, y1 = self._roi
         bx, by = np.meshgrid(np.arange(x0, x1, dtype=np.float32), np.arange(y0, y1, dtype=np.float32))
@@ -168,22 +169,24 @@ class PortraitRenderer:
                 if np.any(disp[i]):
                     f[i] = rasterize(b.triangles, verts + disp[i], -disp[i], (px0, py0), 1.0, (ph, pw))
             f[np.abs(f) < 1e-3] = 0.0
+            # fields that are sharp here (differ from their coarse version): while none of them
+            # is active the patch adds nothing, and it is skipped
+            gx = ((np.arange(px0, px1) - rx0 + 0.5) / r - 0.5).astype(np.float32)
+            gy = ((np.arange(py0, py1) - ry0 + 0.5) / r - 0.5).astype(np.float32)
+            GX, GY = np.meshgrid(gx, gy)
+            sharp = []
+            for i in range(len(FIELDS)):
+                if np.any(f[i]):
+                    c = cv2.remap(coarse[i], GX, GY, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+                    if np.abs(c - f[i]).max() > 0.25:
+                        sharp.append(i)
             # feather: the patch blends into the coarse field over about a cell, so any small
             # difference between the two is spread out instead of showing as a seam
-            feather = r + 1.0
-            ey = np.minimum(np.arange(ph) + 0.5, ph - np.arange(ph) - 0.5) / feather
-            ex = np.minimum(np.arange(pw) + 0.5, pw - np.arange(pw) - 0.5) / feather
+            ey = np.minimum(np.arange(ph) + 0.5, ph - np.arange(ph) - 0.5) / self._feather
+            ex = np.minimum(np.arange(pw) + 0.5, pw - np.arange(pw) - 0.5) / self._feather
             alpha = np.clip(np.minimum(ey[:, None], ex[None, :]), 0.0, 1.0).astype(np.float32)
-            out.append(
-                (
-                    py0 - ry0,
-                    py1 - ry0,
-                    px0 - rx0,
-                    px1 - rx0,
-                    np.ascontiguousarray(f.reshape(len(FIELDS), -1)),
-                    alpha,
-                )
-            )
+            f = np.ascontiguousarray(f.reshape(len(FIELDS), -1))
+            out.append((py0 - ry0, py1 - ry0, px0 - rx0, px1 - rx0, f, alpha, np.array(sharp, np.int64)))
         return out
 
     @property
@@ -248,17 +251,16 @@ class PortraitRenderer:
         gh, gw, r = self._grid
         pose_c = self._blend(w_pose, self._fields).reshape(gh, gw, 2)
         x0, y0 = self._roi[:2]
-        out = []
-        for p in lines:
-            q = p.astype(np.float32).copy()
-            for _ in range(4):  # fixed point of q + B(q) = p; B is smooth and small
-                cells = ((q - [x0, y0] + 0.5) / r - 0.5).astype(np.float32)[None]
-                b = cv2.remap(
-                    pose_c, cells[..., 0], cells[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
-                )
-                q = p - b[0]
-            out.append(q)
-        return out[0], out[1]
+        p = np.concatenate(lines).astype(np.float32)
+        q = p.copy()
+        for _ in range(4):  # fixed point of q + B(q) = p; B is smooth and small
+            cells = ((q - [x0, y0] + 0.5) / r - 0.5).astype(np.float32)[None]
+            b = cv2.remap(
+                pose_c, cells[..., 0], cells[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
+            )
+            q = p - b[0]
+        n = len(lines[0])
+        return q[:n], q[n:]
 
     @staticmethod
     def _blend(w: np.ndarray, fields: np.ndarray) -> np.ndarray:
@@ -296,7 +298,9 @@ class PortraitRenderer:
         if not has_face:
             return maps
         reach = int(np.ceil(np.abs(pose_c).max() + 1)) if has_pose else 0
-        for py0, py1, px0, px1, pf, alpha in self._patches:
+        for py0, py1, px0, px1, pf, alpha, sharp in self._patches:
+            if not np.any(w_face[sharp]):
+                continue  # only fields that are smooth here are active: the coarse grid is exact enough
             fine = self._blend(w_face, pf).reshape(py1 - py0, px1 - px0, 2)
             if not has_pose:
                 cur = maps[py0:py1, px0:px1]
@@ -312,17 +316,14 @@ class PortraitRenderer:
             src = base + pose  # un-posed position (absolute)
             face = maps[qy0:qy1, qx0:qx1] - src  # the coarse face part there
             at = src - np.array([x0 + px0, y0 + py0], np.float32)
-            # sample [fine field, feather] at the un-posed positions; outside the patch keep [coarse, 0]
-            got = np.dstack([face, np.zeros(face.shape[:2], np.float32)])
-            cv2.remap(
-                np.dstack([fine, alpha]),
-                at,
-                None,
-                cv2.INTER_LINEAR,
-                dst=got,
-                borderMode=cv2.BORDER_TRANSPARENT,
-            )
-            maps[qy0:qy1, qx0:qx1] = src + face + got[..., 2:] * (got[..., :2] - face)
+            # the fine field at the un-posed positions, blended in by the feather there
+            got = face.copy()
+            cv2.remap(fine, at, None, cv2.INTER_LINEAR, dst=got, borderMode=cv2.BORDER_TRANSPARENT)
+            ph, pw = py1 - py0, px1 - px0
+            ax, ay = at[..., 0], at[..., 1]
+            edge = np.minimum(np.minimum(ax + 0.5, pw - 0.5 - ax), np.minimum(ay + 0.5, ph - 0.5 - ay))
+            a = np.clip(edge * (1.0 / self._feather), 0.0, 1.0)[..., None]
+            maps[qy0:qy1, qx0:qx1] = src + face + a * (got - face)
         return maps
 
 
