@@ -1,0 +1,133 @@
+"""The motion denoiser: a small 1-D conv network over a window of motion frames.
+
+One window holds ``c`` known frames (the last emitted frames, kept as context) followed by the
+frames to generate. Per frame the network sees:
+
+* the noisy motion ``x_t`` (or, where ``mask`` is 1, the known clean frame), and the mask;
+* an audio embedding of the 16 mel frames (160 ms) that end ``lookahead_ms`` after the frame's
+  time (:meth:`MotionDenoiser.encode_audio`, computed once per frame and cached by the streamer),
+  or the learned null-audio embedding (classifier-free guidance);
+* the flow time ``t`` (0 = noise, 1 = data) through FiLM in every block.
+
+It predicts the flow-matching velocity ``x_1 - x_0`` in normalised motion units (per-channel
+mean/std of the training targets, stored as buffers). Time is non-causal *inside* the window, but
+the window never extends past the newest frame, so a frame's prediction only uses audio up to
+its own lookahead and that of the frames generated with it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+
+import torch
+from torch import nn
+
+from realtime.features import N_MELS
+from realtime.motion import N_CHANNELS
+
+
+@dataclass(frozen=True)
+class MotionConfig:
+    """Architecture and streaming constants; saved with the weights."""
+
+    n_channels: int = N_CHANNELS
+    n_mels: int = N_MELS
+    audio_frames: int = 16  # mel frames per motion frame (160 ms ending at t + lookahead)
+    lookahead_ms: int = 60
+    hidden: int = 160
+    audio_hidden: int = 256
+    n_layers: int = 6
+    kernel: int = 5
+    context_frames: int = 8  # known frames kept in the streaming window
+    max_new_frames: int = 32  # frames generated per window offline (training covers 1..this)
+    default_steps: int = 4
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> MotionConfig:
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
+    """Sinusoidal embedding of flow time t in 0..1 -> (B, dim)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(1000.0) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+    args = (t.float()[:, None] * 1000.0) * freqs[None, :]
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+
+class Block(nn.Module):
+    """Pre-norm residual block: FiLM(t) -> conv over time -> GELU -> pointwise."""
+
+    def __init__(self, hidden: int, kernel: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(hidden, elementwise_affine=False)
+        self.film = nn.Linear(hidden, 2 * hidden)
+        self.conv = nn.Conv1d(hidden, hidden, kernel, padding=kernel // 2)
+        self.act = nn.GELU()
+        self.out = nn.Linear(hidden, hidden)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, h: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
+        scale, shift = self.film(temb)[:, None, :].chunk(2, dim=-1)
+        y = self.norm(h) * (1.0 + scale) + shift
+        y = self.conv(y.transpose(1, 2)).transpose(1, 2)
+        return h + self.out(self.act(y))
+
+
+class MotionDenoiser(nn.Module):
+    """Velocity predictor v(x_t, t | audio, context) over a window of motion frames."""
+
+    def __init__(self, config: MotionConfig) -> None:
+        super().__init__()
+        self.config = config
+        c, h = config, config.hidden
+        self.register_buffer("feat_mean", torch.zeros(c.n_mels))
+        self.register_buffer("feat_std", torch.ones(c.n_mels))
+        self.register_buffer("motion_mean", torch.zeros(c.n_channels))
+        self.register_buffer("motion_std", torch.ones(c.n_channels))
+        self.audio = nn.Sequential(
+            nn.Linear(c.audio_frames * c.n_mels, c.audio_hidden),
+            nn.GELU(),
+            nn.Linear(c.audio_hidden, c.audio_hidden),
+            nn.GELU(),
+            nn.Linear(c.audio_hidden, h),
+        )
+        self.null_audio = nn.Parameter(torch.zeros(h))
+        self.inp = nn.Linear(c.n_channels + 1, h)
+        self.time = nn.Sequential(nn.Linear(64, h), nn.GELU(), nn.Linear(h, h))
+        self.blocks = nn.ModuleList(Block(h, c.kernel) for _ in range(c.n_layers))
+        self.norm = nn.LayerNorm(h)
+        self.head = nn.Linear(h, c.n_channels)
+
+    def encode_audio(self, windows: torch.Tensor) -> torch.Tensor:
+        """Mel windows (..., audio_frames, n_mels) -> audio embeddings (..., hidden)."""
+        z = (windows - self.feat_mean) / self.feat_std
+        return self.audio(z.flatten(-2))
+
+    def forward(
+        self, x: torch.Tensor, t: torch.Tensor, ctx: torch.Tensor, mask: torch.Tensor, audio: torch.Tensor
+    ) -> torch.Tensor:
+        """x, ctx: (B, T, C) normalised motion; t: (B,); mask: (B, T, 1); audio: (B, T, H) -> v (B, T, C)."""
+        x_in = x * (1.0 - mask) + ctx * mask
+        h = self.inp(torch.cat([x_in, mask], dim=-1)) + audio
+        temb = self.time(timestep_embedding(t, 64))
+        for block in self.blocks:
+            h = block(h, temb)
+        return self.head(self.norm(h))
+
+    def normalize(self, motion: torch.Tensor) -> torch.Tensor:
+        return (motion - self.motion_mean) / self.motion_std
+
+    def denormalize(self, z: torch.Tensor) -> torch.Tensor:
+        return z * self.motion_std + self.motion_mean
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -1,0 +1,266 @@
+"""The streaming motion generator with the shipped weights: contract, controls, bad input."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from realtime.config import ROOT
+from realtime.generator import MotionControls, MotionModel, MotionStream, _Post, generate_motion
+from realtime.motion import CHANNEL_INDEX, MAX_POSE_DEG, MOUTH_CHANNELS, N_CHANNELS, POSE_CHANNELS
+from realtime.targets import mouth_aperture
+
+MODEL_DIR = ROOT / "models" / "motion"
+POSE = [CHANNEL_INDEX[c] for c in POSE_CHANNELS]
+MOUTH = list(range(len(MOUTH_CHANNELS)))
+
+
+@pytest.fixture(scope="module")
+def model() -> MotionModel:
+    m = MotionModel.load(MODEL_DIR)
+    m.warmup()
+    return m
+
+
+def _stream_all(model: MotionModel, pcm: np.ndarray, sizes, fps: int = 25, **kw) -> np.ndarray:
+    stream = MotionStream(model, fps=fps, **kw)
+    frames, i, k = [], 0, 0
+    while i < pcm.size:
+        n = int(sizes[k % len(sizes)])
+        frames += stream.push(pcm[i : i + n])
+        i, k = i + n, k + 1
+    frames += stream.flush()
+    assert [f.index for f in frames] == list(range(len(frames)))
+    return np.array([f.values for f in frames]).reshape(-1, N_CHANNELS)
+
+
+def _in_range(motion: np.ndarray) -> None:
+    assert np.isfinite(motion).all()
+    face = motion[:, : -len(POSE)]
+    assert face.min() >= 0.0 and face.max() <= 1.0
+    assert np.abs(motion[:, POSE]).max() <= MAX_POSE_DEG
+
+
+def test_model_metadata(model: MotionModel) -> None:
+    assert 1 <= model.default_steps <= 4
+    assert 0 < model.lookahead_ms <= 80
+    assert model.backend_name in ("onnx", "torch")
+
+
+def test_any_chunking_gives_the_same_frames(model: MotionModel, speech_16k: np.ndarray) -> None:
+    pcm = speech_16k[:32000]
+    ref = _stream_all(model, pcm, [pcm.size])
+    assert len(ref) == math.ceil(pcm.size * 25 / 16000)
+    for sizes in ([1, 0, 7, 333], [160, 641, 1], [2048]):
+        np.testing.assert_allclose(_stream_all(model, pcm, sizes), ref, atol=1e-5)
+    _in_range(ref)
+
+
+def test_frames_are_final_and_come_at_least_every_80_ms(model: MotionModel, speech_16k: np.ndarray) -> None:
+    stream = MotionStream(model)
+    assert stream.latency_ms == pytest.approx(1000 / 25 + model.lookahead_ms)
+    emitted, gaps, since = [], [], 0
+    for i in range(0, 24000, 160):  # 10 ms pieces
+        out = stream.push(speech_16k[i : i + 160])
+        since += 10
+        if out:
+            gaps.append(since)
+            since = 0
+        emitted += out
+    assert max(gaps[1:]) <= 80
+    # the frames emitted for the first 1.5 s are exactly the first frames of a longer run
+    longer = _stream_all(model, speech_16k[:40000], [40000])
+    np.testing.assert_allclose(np.array([f.values for f in emitted]), longer[: len(emitted)], atol=1e-5)
+    # frame n is out once audio up to n/fps + lookahead has arrived (never later)
+    last = emitted[-1].index
+    assert last / 25 * 1000 + model.lookahead_ms <= 1500 + 1e-6
+    assert (last + 1) / 25 * 1000 + model.lookahead_ms > 1500 - 40
+
+
+def test_chunk_boundaries_do_not_show(model: MotionModel, speech_16k: np.ndarray) -> None:
+    """With 2-frame chunks, the jump across a boundary is no larger than inside a chunk."""
+    motion = _stream_all(model, np.tile(speech_16k, 2), [640], chunk_frames=2)
+    d = np.abs(np.diff(motion[:, MOUTH], axis=0)).mean(axis=1)  # d[i]: frame i -> i+1
+    inside = d[0::2].mean()  # 0->1 in the same chunk
+    boundary = d[1::2].mean()  # 1->2 crosses a chunk boundary
+    assert boundary <= 1.3 * inside + 0.005, (boundary, inside)
+
+
+def test_seed_makes_output_deterministic(model: MotionModel, speech_16k: np.ndarray) -> None:
+    pcm = speech_16k[:24000]
+    a = generate_motion(model, pcm, 16000, controls=MotionControls(seed=3))
+    b = generate_motion(model, pcm, 16000, controls=MotionControls(seed=3))
+    c = generate_motion(model, pcm, 16000, controls=MotionControls(seed=4))
+    np.testing.assert_array_equal(a, b)
+    assert np.abs(a - c).max() > 1e-3
+
+
+def test_silence_is_idle_motion(model: MotionModel) -> None:
+    motion = generate_motion(model, np.zeros(16000 * 12, np.float32), 16000)
+    _in_range(motion)
+    assert np.percentile(mouth_aperture(motion), 95) < 0.1  # mouth closed
+    blink = motion[:, [CHANNEL_INDEX["eyeBlinkLeft"], CHANNEL_INDEX["eyeBlinkRight"]]].max(axis=1)
+    assert blink.max() > 0.5  # it blinks
+    assert (blink > 0.5).mean() < 0.2  # but eyes are mostly open
+    pose = motion[:, POSE]
+    assert pose.std(axis=0).max() > 0.1  # the head is never frozen
+    assert np.abs(pose).max() < 8.0
+
+
+def test_speech_opens_the_mouth_and_dynamic_scale_controls_it(
+    model: MotionModel, speech_16k: np.ndarray
+) -> None:
+    base = mouth_aperture(generate_motion(model, speech_16k, 16000))
+    assert base.max() > 0.3 and base.std() > 0.05
+    closed = mouth_aperture(
+        generate_motion(model, speech_16k, 16000, controls=MotionControls(dynamic_scale=0.0))
+    )
+    strong = mouth_aperture(
+        generate_motion(model, speech_16k, 16000, controls=MotionControls(dynamic_scale=2.0))
+    )
+    assert closed.mean() < 0.5 * base.mean()
+    assert strong.std() > base.std()
+
+
+def test_motion_scale_and_align_mouth(model: MotionModel, speech_16k: np.ndarray) -> None:
+    still = generate_motion(model, speech_16k, 16000, controls=MotionControls(motion_scale=0.0))
+    assert np.abs(still[:, POSE]).max() == 0.0
+    base = generate_motion(model, speech_16k, 16000)
+    late = generate_motion(model, speech_16k, 16000, controls=MotionControls(align_mouth=80.0))
+    early = generate_motion(model, speech_16k, 16000, controls=MotionControls(align_mouth=-80.0))
+    np.testing.assert_allclose(late[2:, MOUTH], base[:-2, MOUTH], atol=1e-5)  # 80 ms = 2 frames later
+    np.testing.assert_allclose(early[:-2, MOUTH], base[2:, MOUTH], atol=1e-5)
+    np.testing.assert_allclose(late[:, POSE], base[:, POSE], atol=1e-5)
+    assert MotionStream(model, controls=MotionControls(align_mouth=-80.0)).latency_ms == pytest.approx(
+        MotionStream(model).latency_ms + 80.0
+    )
+
+
+def test_smoothing_adds_at_most_its_documented_delay() -> None:
+    """A step through the smoother reaches 63% after at most 60 ms * smooth_motion."""
+    for amount in (0.25, 1.0):
+        post = _Post(25, MotionControls(smooth_motion=amount))
+        step = np.zeros((20, N_CHANNELS), np.float32)
+        step[5:, 0] = 1.0
+        out = post.push(step)[:, 0]
+        reach = np.argmax(out >= 1 - math.exp(-1)) - 5
+        assert 0 <= reach * 40 <= 60 * amount + 40  # one frame of quantisation
+        assert out[4] == 0.0  # nothing before the step: causal
+
+
+def test_thirty_fps_and_other_sample_rates(model: MotionModel, speech_16k: np.ndarray) -> None:
+    from scipy.signal import resample_poly
+
+    pcm = speech_16k[:32000]
+    m30 = _stream_all(model, pcm, [533], fps=30)
+    assert len(m30) == 60
+    pcm48 = resample_poly(pcm, 3, 1).astype(np.float32)
+    stream = MotionStream(model)
+    frames = []
+    for i in range(0, pcm48.size, 960):
+        frames += stream.push(pcm48[i : i + 960], 48000)
+    frames += stream.flush()
+    assert len(frames) == 50
+    got = np.array([f.values for f in frames])
+    ref = _stream_all(model, pcm, [640])
+    assert np.abs(mouth_aperture(got) - mouth_aperture(ref)).mean() < 0.1
+    assert generate_motion(model, pcm48, 48000).shape == (50, N_CHANNELS)
+    assert generate_motion(model, pcm[::2], 8000).shape == (50, N_CHANNELS)
+
+
+@pytest.mark.parametrize(
+    "kind", ["empty", "nan", "inf", "clipped", "dc", "loud", "int16", "stereo", "one_sample", "noise"]
+)
+def test_bad_input_gives_sane_motion(model: MotionModel, speech_16k: np.ndarray, kind: str) -> None:
+    pcm = speech_16k[:16000].copy()
+    if kind == "empty":
+        pcm = np.zeros(0, np.float32)
+    elif kind == "nan":
+        pcm[::3] = np.nan
+    elif kind == "inf":
+        pcm[100:5000] = np.inf
+    elif kind == "clipped":
+        pcm = np.clip(pcm * 50, -1, 1)
+    elif kind == "dc":
+        pcm = pcm + 0.5
+    elif kind == "loud":
+        pcm = pcm * 1e6
+    elif kind == "int16":
+        pcm = (np.clip(pcm, -1, 1) * 32767).astype(np.int16)
+    elif kind == "stereo":
+        pcm = np.stack([pcm, pcm], axis=1)
+    elif kind == "one_sample":
+        pcm = pcm[:1]
+    elif kind == "noise":
+        pcm = np.random.default_rng(0).standard_normal(16000).astype(np.float32)
+    stream = MotionStream(model)
+    frames = stream.push(pcm) + stream.push(pcm[:0]) + stream.flush()
+    expected = math.ceil(len(pcm) * 25 / 16000)
+    assert len(frames) == expected
+    if frames:
+        _in_range(np.array([f.values for f in frames]))
+    offline = generate_motion(model, pcm, 16000)
+    assert offline.shape == (expected, N_CHANNELS)
+    if expected:
+        _in_range(offline)
+
+
+def test_invalid_arguments_raise_value_errors(model: MotionModel) -> None:
+    for bad in (
+        {"inference_steps": 0},
+        {"inference_steps": 9},
+        {"dynamic_scale": 2.5},
+        {"motion_scale": -1.0},
+        {"smooth_motion": 1.5},
+        {"align_mouth": 300.0},
+        {"dynamic_scale": float("nan")},
+        {"seed": -1},
+    ):
+        with pytest.raises(ValueError):
+            MotionControls(**bad).validated()
+    assert MotionControls(inference_steps=8, align_mouth=-200).validated().inference_steps == 8
+    with pytest.raises(ValueError):
+        MotionStream(model, fps=0)
+    with pytest.raises(ValueError):
+        MotionStream(model, chunk_frames=3)  # 120 ms > 80 ms
+    stream = MotionStream(model)
+    with pytest.raises(ValueError):
+        stream.push(np.array(["a", "b"]))
+    with pytest.raises(ValueError):
+        stream.push(np.zeros(100), sample_rate=0)
+    with pytest.raises(ValueError):
+        generate_motion(model, np.zeros(100), 16000, fps=1000)
+    with pytest.raises(FileNotFoundError):
+        MotionModel.load(ROOT / "no-such-model")
+    with pytest.raises(ValueError):
+        MotionModel.load(MODEL_DIR, backend="tpu")
+
+
+def test_reset_clear_and_flush_keep_the_frame_index(model: MotionModel, speech_16k: np.ndarray) -> None:
+    stream = MotionStream(model)
+    a = stream.push(speech_16k[:8000])
+    stream.clear()  # drop the pending ~100 ms
+    n_after_clear = stream.frames_emitted
+    b = stream.push(speech_16k[8000:16000])
+    assert b[0].index == n_after_clear == len(a)
+    stream.reset()
+    c = stream.push(speech_16k[:4000]) + stream.flush()
+    assert c[0].index == stream.frames_emitted - len(c)
+    assert [f.index for f in a + b + c] == list(range(len(a + b + c)))
+    # no visual jump across reset: the motion context is kept
+    values = np.array([f.values for f in a + b + c])
+    jumps = np.abs(np.diff(values[:, POSE], axis=0)).max(axis=1)
+    assert jumps.max() < 2.0
+
+
+def test_long_stream_does_not_drift(model: MotionModel, speech_16k: np.ndarray) -> None:
+    """Two minutes of speech and silence: head pose stays around neutral."""
+    rng = np.random.default_rng(0)
+    pieces = [speech_16k if rng.random() < 0.6 else np.zeros(32000, np.float32) for _ in range(30)]
+    motion = generate_motion(model, np.concatenate(pieces), 16000)
+    pose = motion[:, POSE]
+    third = len(pose) // 3
+    assert np.abs(pose[-third:].mean(axis=0)).max() < 3.0
+    assert np.abs(pose).max() < MAX_POSE_DEG

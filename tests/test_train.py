@@ -1,0 +1,80 @@
+"""``avatar train --tiny`` end to end on a three-utterance corpus: weights, ONNX, plot, parity."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from realtime.phones import normalize_phone
+
+TEXTS = ("Bob bought a big blue map.", "We owe you a few more apples.", "Please move the boat away.")
+
+
+def _flite_corpus(root: Path) -> Path:
+    if shutil.which("flite") is None:
+        pytest.skip("flite is not installed")
+    (root / "wav").mkdir(parents=True)
+    rows = []
+    for i, text in enumerate(TEXTS * 2):
+        voice = ("rms", "slt")[i % 2]
+        wav = f"wav/{i}.wav"
+        out = subprocess.run(
+            ["flite", "-voice", voice, "-psdur", "-t", text, "-o", str(root / wav)],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        phones, start = [], 0.0
+        for token in out.split():
+            label, _, end = token.rpartition(":")
+            phones.append([normalize_phone(label, "flite"), start, float(end)])
+            start = float(end)
+        split = "val" if i == 5 else "train"
+        rows.append({"id": f"t{i}", "split": split, "source": "flite", "voice": voice, "speaker": voice,
+                     "lang": "en", "wav": wav, "duration": start, "phones": phones, "text": text, "augment": None})  # fmt: skip
+    (root / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return root
+
+
+def test_tiny_training_produces_a_working_model(tmp_path: Path) -> None:
+    from realtime.generator import MotionModel, MotionStream, generate_motion
+    from realtime.train import cli_main
+
+    corpus = _flite_corpus(tmp_path / "corpus")
+    out = tmp_path / "model"
+    assert (
+        cli_main(["--corpus", str(corpus), "--out", str(out), "--tiny", "--seed", "1", "--workers", "1"]) == 0
+    )
+    for name in (
+        "config.json",
+        "motion.pt",
+        "audio_encoder.onnx",
+        "denoiser.onnx",
+        "loss.png",
+        "loss_history.json",
+    ):
+        assert (out / name).is_file(), name
+    meta = json.loads((out / "config.json").read_text())
+    assert meta["training"]["steps"] > 0 and meta["training"]["tiny"] is True
+    assert max(meta["training"]["onnx_parity_max_abs"].values()) < 1e-3
+    history = json.loads((out / "loss_history.json").read_text())
+    assert np.isfinite(history["loss"]).all()
+    assert np.mean(history["loss"][-10:]) < np.mean(history["loss"][:10])  # it learns something
+    for backend in ("torch", "onnx"):
+        model = MotionModel.load(out, backend=backend)
+        motion = generate_motion(model, np.zeros(8000, np.float32), 16000)
+        assert motion.shape == (13, 22) and np.isfinite(motion).all()
+        stream = MotionStream(model)
+        assert len(stream.push(np.zeros(8000, np.float32)) + stream.flush()) == 13
+
+
+def test_train_reports_a_missing_corpus(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from realtime.train import cli_main
+
+    assert cli_main(["--corpus", str(tmp_path / "nothing"), "--out", str(tmp_path / "m"), "--tiny"]) == 2
+    assert "manifest" in capsys.readouterr().out
