@@ -431,6 +431,13 @@ def _predict_all(
     return out
 
 
+def _spread(utts: list[Utterance], limit: int | None) -> list[Utterance]:
+    """At most ``limit`` utterances, evenly spaced through the manifest order (covers every source)."""
+    if not limit or len(utts) <= limit:
+        return utts
+    return [utts[i] for i in np.unique(np.linspace(0, len(utts) - 1, limit).round().astype(int))]
+
+
 def _thresholds(val: dict[str, dict[str, _Collected]]) -> dict[str, float]:
     """Per system: the val-split threshold maximising balanced accuracy (all groups pooled)."""
     out: dict[str, float] = {}
@@ -466,14 +473,9 @@ def evaluate(
     if not utts:
         raise ValueError(f"no utterances in split {split!r} of {corpus}")
     if limit:
-        # Keep both groups represented when limiting.
-        real = [u for u in utts if u.real][:limit]
-        tts = [u for u in utts if not u.real][:limit]
-        utts = real + tts
-    val = load_manifest(corpus, "val") if split != "val" else []
-    if val_limit and len(val) > val_limit:
-        # An even spread over the val split, deterministic.
-        val = [val[i] for i in np.linspace(0, len(val) - 1, val_limit).astype(int)]
+        # Both groups stay represented, each by an even (deterministic) spread over its sources.
+        utts = _spread([u for u in utts if u.real], limit) + _spread([u for u in utts if not u.real], limit)
+    val = _spread(load_manifest(corpus, "val"), val_limit) if split != "val" else []
     controls = generate = None
     model_info: dict[str, object] = {"path": None}
     if model is not None or model_dir is not None:
