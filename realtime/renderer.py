@@ -166,7 +166,7 @@ class PortraitRenderer:
             for i, name in enumerate(FIELDS):
                 if name.startswith("head"):
                     continue  # pose is smooth: the coarse grid carries it
-                if np.any(disp[i]):
+                if self._touches(verts, verts + disp[i], (px0, py0, px1, py1)):
                     f[i] = rasterize(b.triangles, verts + disp[i], -disp[i], (px0, py0), 1.0, (ph, pw))
             f[np.abs(f) < 1e-3] = 0.0
             # fields that are sharp here (differ from their coarse version): while none of them
@@ -188,6 +188,17 @@ class PortraitRenderer:
             f = np.ascontiguousarray(f.reshape(len(FIELDS), -1))
             out.append((py0 - ry0, py1 - ry0, px0 - rx0, px1 - rx0, f, alpha, np.array(sharp, np.int64)))
         return out
+
+    def _touches(self, before: np.ndarray, after: np.ndarray, box: tuple[int, int, int, int]) -> bool:
+        """Whether a moving triangle of the mesh overlaps ``box`` before or after the move."""
+        tris = self.bundle.triangles
+        moved = np.any(before[tris] != after[tris], axis=(1, 2))
+        if not moved.any():
+            return False
+        pts = np.concatenate([before[tris[moved]], after[tris[moved]]], axis=1)  # (T, 6, 2)
+        lo, hi = pts.min(axis=1), pts.max(axis=1)
+        x0, y0, x1, y1 = box
+        return bool(np.any((hi[:, 0] >= x0) & (lo[:, 0] <= x1) & (hi[:, 1] >= y0) & (lo[:, 1] <= y1)))
 
     @property
     def roi(self) -> tuple[int, int, int, int]:
