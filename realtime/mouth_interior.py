@@ -77,7 +77,13 @@ def paint_mouth(
     lip = info["lip_rgb"]
     e = info["eye_distance"]
     # cavity: dark red-brown, darkest under the upper lip and towards the corners
-    deep = lip * np.array([0.30, 0.16, 0.16], np.float32) + 3.0
+    # half the photo's own lip tone, half a canonical dark red: never blue or grey whatever the light
+    light = float(np.clip(info["skin_rgb"].mean() / 190.0, 0.6, 1.1))
+    deep = (
+        0.5 * lip * np.array([0.30, 0.15, 0.11], np.float32)
+        + 0.5 * light * np.array([78.0, 26.0, 17.0])
+        + 3.0
+    )
     shade = (0.65 + 0.35 * t) * (1.0 - 0.35 * _smooth(0.5, 1.0, s))
     col = deep[None, None, :] * shade[..., None]
     # tongue: a soft mound rising from the lower lip at the centre
@@ -85,7 +91,10 @@ def paint_mouth(
     tongue = _smooth(0.6, 1.0, t) * (1 - _smooth(0.15, 0.6, s)) * _smooth(0.08 * e, 0.25 * e, gap) * 0.7
     col = (
         col * (1 - tongue[..., None])
-        + (lip * np.array([0.55, 0.33, 0.33]))[None, None, :] * tongue[..., None]
+        + (0.5 * lip * np.array([0.55, 0.3, 0.24]) + 0.5 * light * np.array([150.0, 66.0, 56.0]))[
+            None, None, :
+        ]
+        * tongue[..., None]
     )
     if info.get("teeth", True):
         # upper teeth under the upper lip, lower teeth just above the lower lip (fainter)
@@ -97,7 +106,6 @@ def paint_mouth(
         low *= _smooth(0.1 * e, 0.25 * e, gap)
         teeth = np.maximum(teeth, low)
         # brightness follows the photo's lighting; a faint ripple hints at separate teeth
-        light = float(np.clip(info["skin_rgb"].mean() / 190.0, 0.7, 1.05))
         ripple = 1.0 - 0.07 * (0.5 + 0.5 * np.cos(2 * np.pi * (lx - xc) / (0.11 * e))) * (s > 0.12)
         tshade = (light * (1.0 - 0.2 * s**2) * ripple)[..., None]
         col = col * (1 - teeth[..., None]) + (TEETH_RGB * tshade) * teeth[..., None]
