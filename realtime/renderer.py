@@ -4,8 +4,9 @@ Per frame, on one core, in about a millisecond at 512x512:
 
 1. turn the motion vector into weights of the bundle's precomputed warp fields
    (lip gap, lids, brows, head pose, ...), see :func:`field_weights`;
-2. blend the fields on a coarse grid over the head region (one small matmul),
-   upsample to a dense backward map and ``cv2.remap`` only that region;
+2. blend the active fields on a coarse grid over the head region, compose the head
+   pose with the face fields, upsample to a dense backward map (lips and lids come
+   from full-resolution patches) and ``cv2.remap`` only that region;
 3. paint the inside of the mouth where the lips part beyond the photo's own
    opening (``realtime.mouth_interior``);
 4. paste into a copy of the resized photo. Fields fall smoothly to exactly zero
@@ -125,7 +126,6 @@ class PortraitRenderer:
         up = np.array(meta["split_upper"])
         lo = np.array(meta["split_lower"])
         sc = np.array([sx, sy], np.float32)
-        self._split_idx = (up, lo)
         self._split_pts = ((bundle.vertices[up] + 0.5) * sc - 0.5, (bundle.vertices[lo] + 0.5) * sc - 0.5)
         self._split_disp = (bundle.vertex_disp[:, up] * sc, bundle.vertex_disp[:, lo] * sc)
         self._mouth = {
@@ -206,8 +206,12 @@ class PortraitRenderer:
         return self._roi
 
     def render(self, motion: np.ndarray) -> np.ndarray:
-        """One frame, (H, W, 3) uint8 RGB, for a (N_CHANNELS,) motion vector (any values; NaN = rest)."""
-        m = np.asarray(motion, dtype=np.float32).reshape(-1)
+        """One frame, (H, W, 3) uint8 RGB, for a (N_CHANNELS,) motion vector (any values; NaN = rest).
+
+        A ``MotionFrame`` is accepted too. The caller owns the returned array.
+        """
+        values = getattr(motion, "values", motion)  # MotionFrame or array
+        m = np.asarray(values, dtype=np.float32).reshape(-1)
         if m.shape != (N_CHANNELS,):
             raise ValueError(f"motion must have {N_CHANNELS} values, got {m.shape[0]}")
         m = clip_motion(m)

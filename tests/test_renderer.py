@@ -278,3 +278,10 @@ def test_no_seam_where_detail_patches_meet_the_grid(renderer):
             d2y = np.abs(reg[2:] - 2 * reg[1:-1] + reg[:-2])[ring[1:-1]]
             d2x = np.abs(reg[:, 2:] - 2 * reg[:, 1:-1] + reg[:, :-2])[ring[:, 1:-1]]
             assert max(d2y.max(), d2x.max()) < 1.0, values
+
+
+def test_accepts_motion_frame(renderer):
+    from realtime.motion import MotionFrame
+
+    m = motion(jawOpen=0.4)
+    assert np.array_equal(renderer.render(MotionFrame(3, m)), renderer.render(m))
