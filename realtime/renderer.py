@@ -343,21 +343,23 @@ class PortraitRenderer:
 
 
 class _TorchWarp:
-    """The remap done with torch ``grid_sample`` (the GPU path; tested on CPU for parity with OpenCV)."""
+    """The remap done with torch ``grid_sample``: on the GPU when there is one (tested on CPU for parity)."""
 
     def __init__(self, background: np.ndarray) -> None:
         import torch
 
         self.torch = torch
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         h, w = background.shape[:2]
-        self.src = torch.from_numpy(background.astype(np.float32)).permute(2, 0, 1)[None].contiguous()
-        self.scale = (2.0 / max(w - 1, 1), 2.0 / max(h - 1, 1))
+        src = torch.from_numpy(background.astype(np.float32)).permute(2, 0, 1)[None].contiguous()
+        self.src = src.to(self.device)
+        self.scale = torch.tensor([2.0 / max(w - 1, 1), 2.0 / max(h - 1, 1)], device=self.device)
 
     def warp(self, maps: np.ndarray) -> np.ndarray:
         torch = self.torch
         with torch.no_grad():
-            grid = torch.from_numpy(maps) * torch.tensor(self.scale) - 1.0
+            grid = torch.from_numpy(maps).to(self.device) * self.scale - 1.0
             out = torch.nn.functional.grid_sample(
                 self.src, grid[None], mode="bilinear", padding_mode="border", align_corners=True
             )
-            return out[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy().copy()
+            return out[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).cpu().numpy().copy()
