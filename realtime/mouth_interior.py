@@ -111,6 +111,7 @@ def paint_mouth(
         col = col * (1 - teeth[..., None]) + (TEETH_RGB * tshade) * teeth[..., None]
     # thin openings fade in rather than pop
     alpha = alpha * _smooth(0.3, 1.8, gap)
+    col = _match_saturation(col, info["skin_rgb"])
     region = img[by0:by1, bx0:bx1].astype(np.float32)
     out = region * (1 - alpha[..., None]) + col * alpha[..., None]
     img[by0:by1, bx0:bx1] = np.clip(out + 0.5, 0, 255).astype(np.uint8)
@@ -140,6 +141,17 @@ def _seam(
     if strength <= 0:
         return
     a = cv2.GaussianBlur(mask, (3, 3), 0).astype(np.float32)[..., None] * (strength / 255.0)
-    col = info["lip_rgb"] * 0.5
+    col = _match_saturation(info["lip_rgb"] * 0.5, info["skin_rgb"])
     region = img[y0:y1, x0:x1].astype(np.float32)
     img[y0:y1, x0:x1] = np.clip(region * (1 - a) + col * a + 0.5, 0, 255).astype(np.uint8)
+
+
+def _match_saturation(col: np.ndarray, skin_rgb: np.ndarray) -> np.ndarray:
+    """Pull painted colours towards grey as much as the photo is grey (a black-and-white photo gets no red)."""
+    skin = np.asarray(skin_rgb, np.float32)
+    sat = float((skin.max() - skin.min()) / max(float(skin.max()), 1.0))
+    k = float(np.clip(sat / 0.2, 0.0, 1.0))
+    if k >= 1.0:
+        return col
+    lum = (col * np.array([0.299, 0.587, 0.114], np.float32)).sum(axis=-1, keepdims=True)
+    return lum + k * (col - lum)

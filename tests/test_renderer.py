@@ -285,3 +285,12 @@ def test_accepts_motion_frame(renderer):
 
     m = motion(jawOpen=0.4)
     assert np.array_equal(renderer.render(MotionFrame(3, m)), renderer.render(m))
+
+
+def test_grayscale_photo_stays_gray():
+    """The painted mouth takes the photo's colourfulness: no red mouth on a black-and-white photo."""
+    gray = register_avatar(faces.encode(faces.astronaut(), "png", "L"))
+    r = PortraitRenderer(gray, 512)
+    frame = r.render(motion(jawOpen=0.8)).astype(np.int16)
+    assert (frame.max(axis=2) - frame.min(axis=2)).max() == 0
+    assert np.abs(frame - r.background).max() > 40  # the mouth did open
