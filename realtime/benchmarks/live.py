@@ -19,6 +19,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -332,6 +333,7 @@ def cli_main(argv: list[str]) -> int:
         except subprocess.TimeoutExpired:
             server.kill()
             server.wait()
+        shutil.rmtree(work, ignore_errors=True)
     text = json.dumps(result, indent=2)
     print(text)
     if args.json is not None:

@@ -1,0 +1,444 @@
+"""Live sessions end to end over real WebRTC on loopback: the real server, model and renderer.
+
+A Python aiortc peer sends speech and records what comes back; the checks are on what
+it received: frames at about the frame rate, a mouth that moves in speech and rests in
+silence (pixels of the mouth region), the voice returned intact with the pipeline delay,
+and the motion data channel. Bad requests get clear 4xx/503 JSON errors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import io
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import numpy as np
+import pytest
+from aiohttp.test_utils import TestServer
+from aiortc import RTCConfiguration, RTCPeerConnection
+from conftest import read_wav
+from webrtc_client import AvatarClient
+
+from realtime.app import create_app
+from realtime.benchmarks._support import has_trained_model
+from realtime.config import Config, load_config
+from realtime.motion import CHANNELS, MOUTH_CHANNELS, idx, neutral
+
+LEAD_S, TAIL_S = 1.2, 2.0  # silence before and after the speech
+
+
+@dataclasses.dataclass
+class Recording:
+    """What one loopback session sent, received and reported."""
+
+    client: AvatarClient
+    info: dict
+    closed_status: int  # GET /sessions/{id} after the peer left
+    speech: np.ndarray
+    rate: int
+
+
+async def _record(engine, config: Config, speech: np.ndarray, rate: int) -> Recording:
+    app = create_app(config, engine=engine)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    url = str(server.make_url("")).rstrip("/")
+    try:
+        pcm = np.concatenate(
+            [np.zeros(int(LEAD_S * rate), np.float32), speech, np.zeros(int(TAIL_S * rate), np.float32)]
+        )
+        client = AvatarClient(url, pcm, rate, heartbeat=1.0)
+        answer = await client.connect()
+        assert answer["type"] == "answer" and answer["session_id"]
+        await client.wait_frames(1)
+        await asyncio.sleep(len(pcm) / rate + 0.5)
+        status, info = await session_info(url, client.session_id)
+        assert status == 200, info
+        await client.close()
+        # the peer left: the session closes itself and frees its slot
+        for _ in range(50):
+            status, _ = await session_info(url, client.session_id)
+            if status == 404:
+                break
+            await asyncio.sleep(0.1)
+        return Recording(client, info, status, speech, rate)
+    finally:
+        await server.close()
+
+
+@pytest.fixture(scope="module")
+def rec(live_engine, speech_wav: Path, tmp_path_factory: pytest.TempPathFactory) -> Recording:
+    """One real loopback session with speech between silences, shared by the checks below."""
+    tmp = tmp_path_factory.mktemp("loopback")
+    config = load_config(overrides=[f"avatars.cache_dir={tmp / 'avatars'}", "server.port=0"], env={})
+    speech, rate = read_wav(speech_wav)
+    return asyncio.run(_record(live_engine, config, speech, rate))
+
+
+@pytest.fixture
+async def live(live_engine, test_config: Config) -> AsyncIterator[tuple[str, object]]:
+    """The real app (shared warm engine) on a loopback port."""
+    app = create_app(test_config, engine=live_engine)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    yield str(server.make_url("")).rstrip("/"), app
+    await server.close()
+
+
+def motion_by_frame(rec: Recording) -> dict[int, np.ndarray]:
+    """Received video frame (by position) -> the motion vector the server sent for it.
+
+    The data channel carries frame ``n``; received pts are ``(n - n0) * 3600``. ``n0`` is the
+    offset under which each message arrives together with its frame.
+    """
+    client = rec.client
+    msgs = [(t, m) for t, m in client.motion if "channels" in m]
+    by_n = {m["frame"]: (t, m) for t, m in msgs}
+    step = 90000 // 25
+    best, best_err = 0, float("inf")
+    for d in range(-100, 101):
+        errs = [
+            abs(by_n[f.pts // step + d][0] - f.arrival) for f in client.video if f.pts // step + d in by_n
+        ]
+        if len(errs) > 0.5 * len(client.video) and np.median(errs) < best_err:
+            best, best_err = d, float(np.median(errs))
+    assert best_err < 0.1, "motion messages do not line up with video frames"
+    out = {}
+    for i, f in enumerate(client.video):
+        item = by_n.get(f.pts // step + best)
+        if item is not None:
+            out[i] = np.array([item[1]["channels"][c] for c in CHANNELS], np.float32)
+    return out
+
+
+def mouth_scores(rec: Recording, engine) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per received frame: how far its lower face is from the same pose with the mouth at rest,
+    and from the exact motion the server sent (codec noise only), plus which frames were scored."""
+    renderer = engine.renderer(engine.avatar("default"), 512)
+    rest = renderer.render(neutral()).astype(np.float32)
+    wide = neutral()
+    wide[idx("jawOpen")] = 1.0
+    ys, xs = np.nonzero(np.abs(renderer.render(wide).astype(np.float32) - rest).mean(axis=2) > 12.0)
+    box = (slice(ys.min(), ys.max() + 1), slice(xs.min(), xs.max() + 1))
+    mouth = [idx(c) for c in MOUTH_CHANNELS]
+    motion = motion_by_frame(rec)
+    keys = sorted(motion)
+    to_rest, to_exact = [], []
+    for i in keys:
+        got = rec.client.video[i].image[box].astype(np.float32)
+        closed = motion[i].copy()
+        closed[mouth] = 0.0
+        to_rest.append(np.abs(got - renderer.render(closed)[box]).mean())
+        to_exact.append(np.abs(got - renderer.render(motion[i])[box]).mean())
+    return np.array(to_rest), np.array(to_exact), np.array(keys)
+
+
+def best_lag(sent: np.ndarray, got: np.ndarray) -> tuple[int, float]:
+    """Lag (samples, got relative to sent) and normalised correlation at that lag."""
+    n = 1 << int(np.ceil(np.log2(len(sent) + len(got))))
+    xc = np.fft.irfft(np.fft.rfft(got, n) * np.conj(np.fft.rfft(sent, n)), n)
+    lag = int(np.argmax(xc))
+    if lag > n // 2:
+        lag -= n
+    a = got[max(lag, 0) :]
+    b = sent[max(-lag, 0) :]
+    m = min(len(a), len(b))
+    a, b = a[:m], b[:m]
+    return lag, float(np.dot(a, b) / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-9))
+
+
+async def session_info(url: str, sid: str) -> tuple[int, dict]:
+    async with aiohttp.ClientSession() as http, http.get(f"{url}/sessions/{sid}") as r:
+        return r.status, await r.json()
+
+
+def returned_delay(rec: Recording) -> tuple[int, float]:
+    """Lag of the returned voice in 48 kHz samples, and its send -> arrival delay in seconds."""
+    client = rec.client
+    got, _ = client.audio_pcm()
+    lag, _ = best_lag(client.track.pcm48, got)
+    first = next(i for i, a in enumerate(client.audio) if a.pcm.std() > 0.01)
+    j = client.audio[first].pts - client.audio[0].pts
+    return lag, client.audio[first].arrival - client.track.sent_at(max(j - lag, 0))
+
+
+def test_session_reports_and_closes_when_the_peer_leaves(rec: Recording) -> None:
+    assert rec.info["connection"] == "connected" and rec.info["state"] == "connected"
+    assert (
+        rec.info["speech_frames"] > 20 and rec.info["frames_sent"] > 0 and rec.info["audio_frames_in"] > 100
+    )
+    assert rec.closed_status == 404
+
+
+def test_frames_arrive_at_about_fps_with_90khz_pts(rec: Recording) -> None:
+    fps = 25
+    frames = rec.client.video
+    span = frames[-1].arrival - frames[0].arrival
+    assert span > 5.0
+    assert len(frames) >= 0.6 * fps * span, f"{len(frames)} frames in {span:.1f} s"
+    steps = np.diff([f.pts for f in frames])
+    assert np.mean(steps == 90000 // fps) > 0.8  # consecutive frames, 90 kHz pts
+    assert all(f.image.shape == (512, 512, 3) for f in frames[:5])
+
+
+def test_returned_voice_is_the_input_with_one_constant_delay(rec: Recording) -> None:
+    # Opus twice, so compare in 1 s windows: a glitch or drift would show as a window with
+    # another lag or no match
+    got, _ = rec.client.audio_pcm()
+    sent48 = rec.client.track.pcm48
+    lag, delay = returned_delay(rec)
+    windows = []
+    for w0 in range(0, len(got) - 48000, 24000):
+        part = got[w0 : w0 + 48000]
+        if part.std() > 0.02:
+            wlag, wncc = best_lag(sent48, part)
+            windows.append((wlag + w0 - lag, wncc))
+    assert len(windows) >= 3
+    shifts, nccs = np.array(windows).T
+    assert np.median(nccs) > 0.6, f"returned audio does not match the input: {windows}"
+    assert np.mean(np.abs(shifts) <= 48) > 0.8, f"returned audio is not one constant delay: {windows}"
+    pipeline = rec.info["pipeline_delay_ms"] / 1000
+    assert pipeline - 0.05 < delay < pipeline + 0.4, (delay, pipeline)
+
+
+def test_motion_data_channel_one_message_per_frame(rec: Recording) -> None:
+    client, fps = rec.client, 25
+    motion = [m for _, m in client.motion if "channels" in m]
+    assert len(motion) > 0.5 * len(client.video)
+    msg = motion[-1]
+    assert set(msg["channels"]) == set(CHANNELS) and msg["frame"] >= 0
+    assert msg["t"] == pytest.approx(msg["frame"] / fps)
+    frames = [m["frame"] for m in motion]
+    assert frames == sorted(frames) and len(set(frames)) == len(frames)
+    # the heartbeat pings were answered
+    assert any(m.get("type") == "pong" for _, m in client.motion)
+
+
+@pytest.mark.skipif(not has_trained_model(), reason="needs the trained motion model in models/motion")
+def test_mouth_moves_in_speech_and_rests_in_silence(rec: Recording, live_engine) -> None:
+    """Judged on received pixels: against the same head pose with the mouth at rest (rendered from
+    the motion message of that frame), the lower face differs in speech and not in silence."""
+    client, rate = rec.client, rec.rate
+    to_rest, to_exact, keys = mouth_scores(rec, live_engine)
+    _, delay = returned_delay(rec)
+    t_in = np.array([client.video[i].arrival - delay - client.track.started_at for i in keys])
+    env = np.convolve(np.abs(rec.speech), np.ones(800) / 800, mode="same")
+    voiced = np.flatnonzero(env > 0.02)
+    s0, s1 = LEAD_S + voiced[0] / rate, LEAD_S + voiced[-1] / rate
+    speech = (t_in > s0 + 0.2) & (t_in < s1 - 0.2)
+    silence = ((t_in > 0.2) & (t_in < s0 - 0.3)) | (t_in > s1 + 0.6)
+    assert speech.sum() > 30 and silence.sum() > 10
+    in_speech, in_silence = to_rest[speech], to_rest[silence]
+    assert np.percentile(in_speech, 75) > 2.0 * np.median(in_silence) + 0.5, (
+        np.percentile(in_speech, [25, 50, 75]),
+        np.percentile(in_silence, [25, 50, 75]),
+    )
+    # the received frames show the motion that was sent for them (only codec noise remains)
+    assert np.median(to_exact[speech]) < 0.6 * np.percentile(in_speech, 75)
+
+
+async def post_offer(url: str, payload: object, raw: bytes | None = None) -> tuple[int, dict, dict]:
+    async with aiohttp.ClientSession() as http:
+        kw = (
+            {"data": raw, "headers": {"Content-Type": "application/json"}}
+            if raw is not None
+            else {"json": payload}
+        )
+        async with http.post(f"{url}/offer", **kw) as r:
+            return r.status, await r.json(), dict(r.headers)
+
+
+async def client_offer(audio: bool = True, video: bool = True) -> str:
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    if audio:
+        pc.addTransceiver("audio", direction="sendrecv")
+    if video:
+        pc.addTransceiver("video", direction="recvonly")
+    await pc.setLocalDescription(await pc.createOffer())
+    sdp = pc.localDescription.sdp
+    await pc.close()
+    return sdp
+
+
+async def test_bad_offers_get_clear_errors(live) -> None:
+    url, _ = live
+    status, body, _ = await post_offer(url, None, raw=b"{not json")
+    assert status == 400 and "JSON" in body["error"]
+    status, body, _ = await post_offer(url, {"type": "offer"})
+    assert status == 400 and "sdp" in body["error"]
+    bad_sdp = "v=0\r\no=- 0 0 IN IP4 0.0.0.0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\nthis is not sdp\r\n"
+    status, body, _ = await post_offer(url, {"sdp": bad_sdp, "type": "offer"})
+    assert status == 400 and body["error"]
+    status, body, _ = await post_offer(url, {"sdp": await client_offer(audio=False), "type": "offer"})
+    assert status == 400 and "audio" in body["error"]
+    good = await client_offer()
+    status, body, _ = await post_offer(url, {"sdp": good, "type": "offer", "avatar": "no-such-avatar"})
+    assert status == 400 and "unknown avatar" in body["error"]
+    for params, word in [
+        ({"fps": 24}, "fps"),
+        ({"resolution": 4096}, "resolution"),
+        ({"inference_steps": 0}, "inference_steps"),
+        ({"dynamic_scale": 3}, "dynamic_scale"),
+        ({"motion_scale": -1}, "motion_scale"),
+        ({"smooth_motion": 1.5}, "smooth_motion"),
+        ({"align_mouth": 500}, "align_mouth"),
+        ("fast", "params"),
+    ]:
+        status, body, _ = await post_offer(url, {"sdp": good, "type": "offer", "params": params})
+        assert status == 400 and word in body["error"], (params, body)
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{url}/sessions") as r:
+            assert r.status == 200 and (await r.json())["sessions"] == []  # nothing leaked
+        async with http.get(f"{url}/sessions/nope") as r:
+            assert r.status == 404
+        async with http.delete(f"{url}/sessions/nope") as r:
+            assert r.status == 404
+
+
+async def test_full_server_answers_503_and_delete_frees_the_slot(
+    live_engine, test_config: Config, speech_16k
+) -> None:
+    config = dataclasses.replace(test_config, server=dataclasses.replace(test_config.server, max_sessions=1))
+    server = TestServer(create_app(config, engine=live_engine), host="127.0.0.1")
+    await server.start_server()
+    url = str(server.make_url("")).rstrip("/")
+    client = AvatarClient(url, speech_16k, 16000, params={"fps": 30, "resolution": 256})
+    try:
+        await client.connect()
+        await client.wait_frames(3)
+        status, body, headers = await post_offer(url, {"sdp": await client_offer(), "type": "offer"})
+        assert status == 503 and "full" in body["error"] and int(headers["Retry-After"]) > 0
+        status, info = await session_info(url, client.session_id)
+        assert info["params"]["fps"] == 30 and info["size"][1] == 256 or info["size"][0] == 256
+        async with aiohttp.ClientSession() as http, http.delete(f"{url}/sessions/{client.session_id}") as r:
+            assert r.status == 200 and (await r.json())["closed"]
+        status, _ = await session_info(url, client.session_id)
+        assert status == 404
+        status, body, _ = await post_offer(url, {"sdp": await client_offer(), "type": "offer"})
+        assert status == 200  # the slot is free again
+        async with aiohttp.ClientSession() as http, http.delete(f"{url}/sessions/{body['session_id']}") as r:
+            assert r.status == 200
+    finally:
+        await client.close()
+        await server.close()
+
+
+async def upload(url: str, data: bytes, **fields: str) -> tuple[int, dict]:
+    form = aiohttp.FormData()
+    form.add_field("image", data, filename="photo.png", content_type="image/png")
+    for k, v in fields.items():
+        form.add_field(k, v)
+    async with aiohttp.ClientSession() as http, http.post(f"{url}/api/avatars", data=form) as r:
+        return r.status, await r.json()
+
+
+async def test_avatar_upload(live, live_engine) -> None:
+    url, _ = live
+    from PIL import Image  # noqa: PLC0415 - only this test needs it
+
+    buf = io.BytesIO()
+    Image.fromarray(np.full((400, 400, 3), 128, np.uint8)).save(buf, format="PNG")
+    status, body = await upload(url, buf.getvalue())
+    assert status == 400 and body["code"] == "no_face" and body["error"]
+    status, body = await upload(url, b"definitely not an image")
+    assert status == 400 and body["code"] in ("not_an_image", "corrupt_image")
+    status, body = await upload(url, b"x", expand_ratio="lots")
+    assert status == 400 and "expand_ratio" in body["error"]
+    image = live_engine.config.resolve(live_engine.config.avatars.default_image).read_bytes()
+    status, body = await upload(url, image, expand_ratio="0.2")
+    assert status == 200 and body["avatar"]
+    good = await client_offer()
+    # the new key is accepted by /offer (answered; no peer ever connects, so close it)
+    status, answer, _ = await post_offer(url, {"sdp": good, "type": "offer", "avatar": body["avatar"]})
+    assert status == 200, answer
+    async with aiohttp.ClientSession() as http, http.delete(f"{url}/sessions/{answer['session_id']}") as r:
+        assert r.status == 200
+
+
+def _server_config(test_config: Config, **server: float) -> Config:
+    return dataclasses.replace(test_config, server=dataclasses.replace(test_config.server, **server))
+
+
+async def _wait_gone(url: str, sid: str, within: float) -> float:
+    t0 = asyncio.get_running_loop().time()
+    while asyncio.get_running_loop().time() - t0 < within:
+        status, _ = await session_info(url, sid)
+        if status == 404:
+            return asyncio.get_running_loop().time() - t0
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"session {sid} still open after {within} s")
+
+
+def _outcomes(app) -> dict[str, float]:
+    from realtime.app import METRICS_KEY
+
+    out = {}
+    for metric in app[METRICS_KEY].sessions_total.collect():
+        for sample in metric.samples:
+            if sample.name.endswith("_total"):
+                out[sample.labels["outcome"]] = sample.value
+    return out
+
+
+async def test_unconnected_offer_times_out(live_engine, test_config: Config) -> None:
+    app = create_app(_server_config(test_config, connect_timeout=0.5), engine=live_engine)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    url = str(server.make_url("")).rstrip("/")
+    try:
+        status, body, _ = await post_offer(url, {"sdp": await client_offer(), "type": "offer"})
+        assert status == 200
+        await _wait_gone(url, body["session_id"], within=5.0)
+        assert _outcomes(app).get("connect_timeout") == 1
+    finally:
+        await server.close()
+
+
+async def test_vanished_peer_is_dropped_within_seconds(live_engine, test_config: Config, speech_16k) -> None:
+    app = create_app(test_config, engine=live_engine)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    url = str(server.make_url("")).rstrip("/")
+    client = AvatarClient(url, speech_16k, 16000)
+    try:
+        await client.connect()
+        await client.wait_frames(5)
+
+        async def blackhole(*args: object, **kwargs: object) -> None:
+            return None
+
+        # the peer's machine disappears: nothing more leaves it (no RTP, RTCP, SCTP, DTLS close)
+        for t in client.pc.getTransceivers():
+            t.sender.transport._send_rtp = blackhole
+        client.pc.sctp.transport._send_data = blackhole
+        took = await _wait_gone(url, client.session_id, within=10.0)
+        assert took < 8.0
+        assert _outcomes(app).get("vanished") == 1
+    finally:
+        await client.close()
+        await server.close()
+
+
+async def test_input_ends_avatar_stays_alive_then_idle_timeout(
+    live_engine, test_config: Config, speech_16k
+) -> None:
+    app = create_app(_server_config(test_config, session_idle_timeout=2.5), engine=live_engine)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    url = str(server.make_url("")).rstrip("/")
+    client = AvatarClient(url, speech_16k[:16000], 16000, tail="end")  # one second, then the track ends
+    try:
+        await client.connect()
+        await client.wait_frames(5)
+        await asyncio.sleep(1.0)  # the input has ended by now
+        n = client.video_count
+        await asyncio.sleep(1.0)
+        assert client.video_count - n > 10  # video keeps flowing without input: never frozen
+        await _wait_gone(url, client.session_id, within=6.0)
+        assert _outcomes(app).get("idle") == 1
+    finally:
+        await client.close()
+        await server.close()
