@@ -106,7 +106,40 @@ def run(frames: int = 500, registrations: int = 7) -> dict:
                     r.render(motion[5])
                     held.append((time.perf_counter() - t0) * 1000)
                 out[f"held_{res}"] = _stats(held)
+    out["aperture"] = aperture_curves(bundle)
     out["load_avg"] = os.getloadavg()
+    return out
+
+
+def aperture_curves(bundle) -> dict[str, tuple[float, bool, list[float]]]:
+    """Controllability: the face mesh re-detected on rendered frames, mouth gap vs jawOpen.
+
+    For the photo (open-mouth smile) and for a closed-mouth version of it (the photo
+    rendered at rest, re-registered). Returns name -> (Pearson r, monotonic, gaps).
+    """
+    import cv2
+
+    from realtime.avatar import register_avatar
+    from realtime.landmarks import FaceMesh
+    from realtime.motion import neutral
+    from realtime.renderer import PortraitRenderer
+
+    mesh = FaceMesh()
+    closed = PortraitRenderer(bundle, 512).render(neutral())
+    closed_png = cv2.imencode(".png", cv2.cvtColor(closed, cv2.COLOR_RGB2BGR))[1].tobytes()
+    out = {}
+    for name, b in (("open-mouth photo", bundle), ("closed-mouth photo", register_avatar(closed_png))):
+        r = PortraitRenderer(b, 512)
+        jaw = np.linspace(0.0, 1.0, 11)
+        gaps = []
+        for j in jaw:
+            m = neutral()
+            m[idx("jawOpen")] = j
+            face = mesh.faces(r.render(m))[0]
+            lm = face.landmarks
+            gaps.append(float(np.linalg.norm(lm[14, :2] - lm[13, :2]) / face.eye_distance))
+        g = np.array(gaps)
+        out[name] = (float(np.corrcoef(jaw, g)[0, 1]), bool(np.all(np.diff(g) > -0.01)), gaps)
     return out
 
 
@@ -144,6 +177,18 @@ def report(res: dict, frames: int) -> str:
         held = res[f"held_{size}"]
         lines.append(
             f"| held frame {size}x{size} (same motion: cached warp) | {held[0]:.2f} | {held[1]:.2f} | | |"
+        )
+    lines += [
+        "",
+        "Controllability: the face mesh is re-detected on rendered frames and the inner-lip gap",
+        "(landmarks 13-14, in eye distances) compared with `jawOpen` = 0, 0.1, ..., 1:",
+        "",
+        "| portrait | Pearson r | monotonic | gap at jawOpen 0 / 0.5 / 1 |",
+        "| --- | --- | --- | --- |",
+    ]
+    for name, (corr, mono, gaps) in res["aperture"].items():
+        lines.append(
+            f"| {name} | {corr:.3f} | {'yes' if mono else 'no'} | {gaps[0]:.3f} / {gaps[5]:.3f} / {gaps[10]:.3f} |"
         )
     fps512 = 1000.0 / res["cpu_512_cpu"][0]
     lines += [
