@@ -307,28 +307,45 @@ def build(image: np.ndarray, landmarks: np.ndarray, *, expand_ratio: float = 0.1
             d[r2] = 0.45 * 0.83 * g
         set_field(f"eyeBlink{side}", d)
 
-    # -- brows: handles on the brow, falloff into the forehead; eyes and lids stay
-    lids = set(RIGHT_UPPER_LID + RIGHT_LOWER_LID + LEFT_UPPER_LID + LEFT_LOWER_LID)
-    lids |= set(RIGHT_LID_RING1 + LEFT_LID_RING1)
-    movable = np.array([i not in lids for i in range(n_face)]) & (y < L[RIGHT_EYE_INNER, 1] - 0.05 * E)
+    # -- brows: the brow rises; below it the lift fades to nothing at the upper lid (so the
+    # skin between stretches evenly, no streaks), above it it fades into the forehead
+    def brow_weights(upper_lid, brow_pts, inner_idx, outer_idx) -> tuple[np.ndarray, np.ndarray]:
+        lid_x, lid_y = L[list(upper_lid), 0], L[list(upper_lid), 1]
+        brow_x, brow_y = L[list(brow_pts), 0], L[list(brow_pts), 1]
+        y_lid = _curve(lid_x, lid_y)(x)
+        y_brow = _curve(brow_x, brow_y)(x)
+        span = np.maximum(y_lid - y_brow, 0.05 * E)
+        below = np.clip((y_lid - y) / span, 0.0, 1.0)  # 0 at the lid, 1 at the brow
+        # the lashes and lid crease (lowest third) stay with the lid; the rest stretches evenly
+        v = np.where(y < y_brow, np.exp(-(((y_brow - y) / (0.5 * E)) ** 2)), _smoothstep(0.3, 1.0, below))
+        v = np.where(y > y_lid, 0.0, v)
+        xi, xo = L[inner_idx, 0], L[outer_idx, 0]
+        t = (x - xi) / (xo - xi)  # 0 at the inner end of the brow, 1 at the outer end
+        inner = np.where(
+            t < 0,
+            np.exp(-((t / 0.35) ** 2)),
+            np.where(t > 1, 0.4 * np.exp(-(((t - 1) / 0.3) ** 2)), 1 - 0.6 * t),
+        )
+        outer = np.where(t < 0, 0.0, np.where(t > 1, 0.8 * np.exp(-(((t - 1) / 0.4) ** 2)), 0.2 + 0.6 * t))
+        return v * inner, v * outer
 
-    def brow_field(groups: list[tuple[tuple[int, ...], float]]) -> np.ndarray:
-        w = np.zeros(n_face)
-        for idxs, amp in groups:
-            for i in idxs:
-                w = np.maximum(w, amp * np.exp(-((VL - L[i]) ** 2).sum(1) / (2 * (0.16 * E) ** 2)))
+    lids = np.zeros(n_face, bool)
+    lids[list(RIGHT_UPPER_LID + RIGHT_LOWER_LID + LEFT_UPPER_LID + LEFT_LOWER_LID)] = True
+    r_in, r_out = brow_weights(RIGHT_UPPER_LID, RIGHT_BROW_INNER + RIGHT_BROW_MID + RIGHT_BROW_OUTER, 107, 70)
+    l_in, l_out = brow_weights(LEFT_UPPER_LID, LEFT_BROW_INNER + LEFT_BROW_MID + LEFT_BROW_OUTER, 336, 300)
+    # each side owns its half of the face (split at the nose bridge)
+    x_mid = (L[RIGHT_EYE_INNER, 0] + L[LEFT_EYE_INNER, 0]) / 2
+    right_side = _smoothstep(-0.15 * E, 0.15 * E, x_mid - x)
+    left_side = 1 - right_side
+    lift = 0.13 * E
+    for name, w in (
+        ("browInnerUp", r_in * right_side + l_in * left_side),
+        ("browOuterUpLeft", l_out * left_side),
+        ("browOuterUpRight", r_out * right_side),
+    ):
         d = np.zeros((n_face, 2))
-        d[:, 1] = -0.13 * E * w * movable
-        return d
-
-    set_field(
-        "browInnerUp",
-        brow_field(
-            [(RIGHT_BROW_INNER, 1.0), (LEFT_BROW_INNER, 1.0), (RIGHT_BROW_MID, 0.5), (LEFT_BROW_MID, 0.5)]
-        ),
-    )
-    set_field("browOuterUpLeft", brow_field([(LEFT_BROW_OUTER, 1.0), (LEFT_BROW_MID, 0.5)]))
-    set_field("browOuterUpRight", brow_field([(RIGHT_BROW_OUTER, 1.0), (RIGHT_BROW_MID, 0.5)]))
+        d[:, 1] = -lift * w * ~lids
+        set_field(name, d)
 
     # local -> image vectors
     disp = fr.to_image(disp)
