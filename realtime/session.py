@@ -60,12 +60,12 @@ STALL = 0.15
 # How much of the stall the silence leaves unfilled, so resumed speech lands close to now.
 FILL_KEEP = 0.02
 # Real audio lands on the timeline up to about this late (FILL_KEEP, packetisation, jitter).
-ARRIVAL_MARGIN = 0.05
+ARRIVAL_MARGIN = 0.045
 # Time allowed for the model + render of a chunk beyond the model's algorithmic latency.
-COMPUTE_MARGIN = 0.05
+COMPUTE_MARGIN = 0.045
 # The timeline may run this far ahead of the wall clock before quiet input is dropped to catch up,
 # and this far before any input is.
-MAX_AHEAD = 0.06
+MAX_AHEAD = 0.01
 MAX_BACKLOG = 0.5
 QUIET_RMS = 10 ** (-40 / 20)
 # Audio waiting for the model (seconds) above which the sampler takes fewer steps.
@@ -214,7 +214,11 @@ class LiveSession:
         self.fps = params.fps
         # the stream's sampler steps, lowered under overload (see _adapt_steps)
         self._full_steps: int | None = getattr(self.stream, "steps", None)
-        self.delay = float(self.stream.latency_ms) / 1000.0 + ARRIVAL_MARGIN + COMPUTE_MARGIN
+        # Frame n needs audio up to n/fps + lookahead (+ any align_mouth hold): latency_ms minus the
+        # chunk term, which only counts how long a sample between two frame times waits for one.
+        chunk_ms = getattr(self.stream, "chunk_frames", 1) * 1000.0 / self.fps
+        self.model_delay = max(0.0, float(self.stream.latency_ms) - chunk_ms) / 1000.0
+        self.delay = self.model_delay + ARRIVAL_MARGIN + COMPUTE_MARGIN
         self.clock = PlayoutClock(t0=time.monotonic(), delay=self.delay)
         self.ingest = AudioIngest()
         self.vad = VoiceActivity()

@@ -32,7 +32,7 @@ import numpy as np
 
 from realtime.config import ROOT
 
-WORDS = ("Papa", "Bob", "Mama", "Apple", "Baby", "Pop")
+WORDS = ("Ah", "Hop", "Odd", "Eye", "Ha", "Out")  # open-mouth onsets: the lips move with the sound
 GAP_S = 1.2  # silence before every word: each word is a fresh onset
 
 
@@ -94,82 +94,123 @@ def _proc_rss_mb(pid: int) -> float:
     return 0.0
 
 
-class MouthMeter:
-    """Mean absolute change of the mouth region against the rest pose, from the real renderer."""
+def match_motion(video: list, motion: list[tuple[float, dict]], fps: int) -> dict[int, np.ndarray]:
+    """Received video frame (by list position) -> the motion vector the server sent for it.
 
-    def __init__(self, resolution: int, cache_dir: str) -> None:
+    The data channel carries frame ``n``; received pts are ``(n - n0) * 90000 / fps``, so ``n0``
+    is the offset under which each message arrives together with its frame.
+    """
+    from realtime.motion import CHANNELS
+
+    by_n = {m["frame"]: (t, m) for t, m in motion if "channels" in m}
+    step = 90000 // fps
+    best, best_err = 0, float("inf")
+    for d in range(-200, 201):
+        errs = [abs(by_n[f.pts // step + d][0] - f.arrival) for f in video if f.pts // step + d in by_n]
+        if len(errs) > 0.5 * len(video) and np.median(errs) < best_err:
+            best, best_err = d, float(np.median(errs))
+    if best_err > 0.1:
+        return {}
+    out = {}
+    for i, f in enumerate(video):
+        item = by_n.get(f.pts // step + best)
+        if item is not None:
+            out[i] = np.array([item[1]["channels"][c] for c in CHANNELS], np.float32)
+    return out
+
+
+class MouthMeter:
+    """Crops of the lower face from received frames near each onset (the rest is not kept).
+
+    The mouth is then judged against the real renderer's image of the same frame's motion with
+    the mouth channels at rest, so head motion does not count as mouth motion.
+    """
+
+    def __init__(self, resolution: int, cache_dir: str, onsets: list[float]) -> None:
         from realtime.config import load_config
         from realtime.engine import Engine
         from realtime.motion import idx, neutral
 
-        engine = Engine(load_config(overrides=[f"avatars.cache_dir={cache_dir}"], env={}))
-        try:
-            renderer = engine.renderer(engine.avatar("default"), resolution)
-            rest = renderer.render(neutral()).astype(np.float32)
-            m = neutral()
-            m[idx("jawOpen")] = 1.0
-            diff = np.abs(renderer.render(m).astype(np.float32) - rest).mean(axis=2)
-        finally:
-            engine.close()
-        ys, xs = np.nonzero(diff > 12.0)
-        self.box = (ys.min(), ys.max() + 1, xs.min(), xs.max() + 1)
-        y0, y1, x0, x1 = self.box
-        self.rest = rest[y0:y1, x0:x1]
-        self.mask = (diff > 12.0)[y0:y1, x0:x1]
+        self.engine = Engine(load_config(overrides=[f"avatars.cache_dir={cache_dir}"], env={}))
+        self.renderer = self.engine.renderer(self.engine.avatar("default"), resolution)
+        rest = self.renderer.render(neutral()).astype(np.float32)
+        m = neutral()
+        m[idx("jawOpen")] = 1.0
+        ys, xs = np.nonzero(np.abs(self.renderer.render(m).astype(np.float32) - rest).mean(axis=2) > 12.0)
+        self.box = (slice(int(ys.min()), int(ys.max()) + 1), slice(int(xs.min()), int(xs.max()) + 1))
+        self.onsets = np.array(onsets)
 
-    def __call__(self, frame: Any) -> float:
-        y0, y1, x0, x1 = self.box
-        rgb = frame.to_ndarray(format="rgb24")[y0:y1, x0:x1].astype(np.float32)
-        return float(np.abs(rgb - self.rest).mean(axis=2)[self.mask].mean())
+    def bind(self, client: Any) -> Any:
+        """The client's ``video_transform``: keep crops only near onsets (the client's send clock)."""
+
+        def crop(frame: Any) -> np.ndarray | None:
+            started = client.track.started_at
+            if started is None:
+                return None
+            t = time.monotonic() - started
+            if not np.any((t > self.onsets - 0.8) & (t < self.onsets + 1.2)):
+                return None
+            return frame.to_ndarray(format="rgb24")[self.box].copy()
+
+        return crop
+
+    def score(self, crop: np.ndarray, motion: np.ndarray) -> float:
+        """Lower-face difference from the same motion with the mouth at rest."""
+        from realtime.motion import MOUTH_CHANNELS, idx
+
+        closed = motion.copy()
+        closed[[idx(c) for c in MOUTH_CHANNELS]] = 0.0
+        ref = self.renderer.render(closed)[self.box].astype(np.float32)
+        return float(np.abs(crop.astype(np.float32) - ref).mean())
+
+    def close(self) -> None:
+        self.engine.close()
 
 
-def analyse(client: Any, onsets: list[float], fps: int) -> dict[str, Any]:
+def analyse(client: Any, onsets: list[float], fps: int, meter: MouthMeter) -> dict[str, Any]:
     """Per-session numbers from what one client received."""
     video = client.video
     arrivals = np.array([v.arrival for v in video])
-    score = np.array([v.image for v in video], dtype=np.float64)
     pts = np.array([v.pts for v in video])
     step = 90000 // fps
     missing = int(np.sum(np.maximum(np.diff(pts) // step - 1, 0))) if len(pts) > 1 else 0
     span = arrivals[-1] - arrivals[0] if len(arrivals) > 1 else 0.0
+    motion = match_motion(video, client.motion, fps)
+    score = np.full(len(video), np.nan)
+    for i, v in enumerate(video):
+        if v.image is not None and i in motion:
+            score[i] = meter.score(v.image, motion[i])
     started = client.track.started_at
-    sent_at = [started + t for t in onsets]
-    # silence baseline: frames arriving in the second half of each pre-onset gap (+ pipeline)
     audio = client.audio
     a_arr = np.array([a.arrival for a in audio])
     a_rms = np.array([float(np.sqrt(np.mean(a.pcm**2))) for a in audio])
-    lat_mouth, lat_audio = [], []
-    for s in sent_at:
+    lat_mouth, av = [], []
+    for s in (started + t for t in onsets):
         if s + 1.0 > arrivals[-1]:
             break
-        base_sel = (arrivals > s - GAP_S / 2) & (arrivals < s + 0.02)
-        after = (arrivals >= s - 0.1) & (arrivals < s + 0.8)
+        ok = ~np.isnan(score)
+        base_sel = ok & (arrivals > s - 0.6) & (arrivals < s + 0.05)
+        after = ok & (arrivals >= s + 0.05) & (arrivals < s + 0.8)
         if base_sel.sum() < 3 or after.sum() < 5:
             continue
         base = float(np.median(score[base_sel]))
         peak = float(score[after].max())
         if peak - base < 2.0:
             continue  # the mouth did not visibly move for this word
-        thr = base + 0.3 * (peak - base)
-        hit = np.flatnonzero(after & (score > thr))
-        # the frame at or before the onset is the earliest it could be; later frames are latency
-        lat_mouth.append(float(arrivals[hit[0]] - s))
+        hit = np.flatnonzero(after & (score > base + 0.3 * (peak - base)))
+        lat = float(arrivals[hit[0]] - s)
+        lat_mouth.append(lat)
         a_sel = np.flatnonzero((a_arr >= s) & (a_arr < s + 0.8) & (a_rms > 0.02))
         if len(a_sel):
-            lat_audio.append(float(a_arr[a_sel[0]] - s))
-    av = (
-        [m - a for m, a in zip(lat_mouth, lat_audio, strict=False)]
-        if len(lat_mouth) == len(lat_audio)
-        else []
-    )
+            av.append(lat - float(a_arr[a_sel[0]] - s))
     return {
         "frames": len(video),
         "fps": (len(video) - 1) / span if span > 0 else 0.0,
         "pts_gaps": missing,
         "first_frame_s": float(arrivals[0] - client.answered_at) if len(arrivals) else None,
         "latency_mouth": lat_mouth,
-        "latency_audio": lat_audio,
         "av_offset": av,
+        "matched_motion": len(motion),
     }
 
 
@@ -258,11 +299,12 @@ async def measure(
                 pcm,
                 16000,
                 params={"fps": args.fps, "resolution": args.resolution},
-                video_transform=meter,
                 heartbeat=1.0,
             )
             for _ in range(args.sessions)
         ]
+        for c in clients:
+            c.video_transform = meter.bind(c)
         cpu0, t0, rss0 = _proc_cpu(server.pid), time.monotonic(), _proc_rss_mb(server.pid)
         for c in clients:
             await c.connect(http)
@@ -279,7 +321,7 @@ async def measure(
                 infos.append(await r.json())
         for c in clients:
             await c.close()
-    per = [analyse(c, onsets, args.fps) for c in clients]
+    per = [analyse(c, onsets, args.fps, meter) for c in clients]
     drift = [_audio_delay_drift(c) for c in clients]
     lat = np.array([x for p in per for x in p["latency_mouth"]])
     av = np.array([x for p in per for x in p["av_offset"]])
@@ -322,7 +364,7 @@ def cli_main(argv: list[str]) -> int:
         parser.error("--sessions must be >= 1 and --seconds >= 5")
     work = Path(tempfile.mkdtemp(prefix="bench-live-"))
     pcm, onsets = make_speech(args.seconds + 2, work)
-    meter = MouthMeter(args.resolution, str(work / "avatars"))
+    meter = MouthMeter(args.resolution, str(work / "avatars"), onsets)
     server, url = start_server(args.sessions, work / "avatars")
     try:
         result = asyncio.run(measure(args, server, url, pcm, onsets, meter))
@@ -333,6 +375,7 @@ def cli_main(argv: list[str]) -> int:
         except subprocess.TimeoutExpired:
             server.kill()
             server.wait()
+        meter.close()
         shutil.rmtree(work, ignore_errors=True)
     text = json.dumps(result, indent=2)
     print(text)
