@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from realtime import render_fields as mesh_fields
+from realtime import render_fields
 from realtime.landmarks import FaceMesh, ModelsMissingError
 
 log = logging.getLogger(__name__)
@@ -60,7 +60,7 @@ class AvatarBundle:
 
     ``image`` is the (possibly downscaled) photo; all geometry is in its pixels.
     ``fields`` holds one backward-warp displacement field per entry of
-    ``mesh_fields.FIELDS`` on a grid over ``roi``; ``vertex_disp`` the matching
+    ``render_fields.FIELDS`` on a grid over ``roi``; ``vertex_disp`` the matching
     per-vertex forward displacements of the mesh.
     """
 
@@ -245,7 +245,7 @@ def register_avatar(
             "face_too_small",
             f"the face is too small ({chosen.eye_distance:.0f} px between the eyes; need {min_eye_distance:.0f})",
         )
-    built = mesh_fields.build(image, chosen.landmarks, expand_ratio=float(expand_ratio))
+    built = render_fields.build(image, chosen.landmarks, expand_ratio=float(expand_ratio))
     bundle = AvatarBundle(
         key=key,
         image=image,
