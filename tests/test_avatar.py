@@ -286,3 +286,15 @@ def test_exif_orientation_is_applied(bundle):
     got = register_avatar(buf.getvalue())
     err = np.linalg.norm(got.landmarks[:, :2] - bundle.landmarks[:, :2], axis=1)
     assert np.median(err) < 0.08 * bundle.meta["eye_distance"]
+
+
+def test_cache_bit_flip_is_caught(tmp_path, astronaut_png):
+    b = register_avatar(astronaut_png, cache_dir=tmp_path)
+    path = tmp_path / f"{b.key}.npz"
+    data = bytearray(path.read_bytes())
+    data[len(data) // 3] ^= 0xFF  # inside the image array: only the zip CRC can tell
+    path.write_bytes(bytes(data))
+    assert load_cached_bundle(b.key, cache_dir=tmp_path) is None
+    again = register_avatar(astronaut_png, cache_dir=tmp_path)  # rebuilt and re-cached
+    assert np.array_equal(again.image, b.image)
+    assert load_cached_bundle(b.key, cache_dir=tmp_path) is not None
