@@ -237,11 +237,9 @@ class FaceMesh:
     def _mesh_from_roi(self, image: np.ndarray, center: np.ndarray, side: float, angle: float):
         size = 192
         c, s = math.cos(angle), math.sin(angle)
-        # affine taking crop pixels -> image pixels, then invert for warpAffine
-        half = side / 2
+        # affine taking crop pixels -> image pixels (axes along the eye line), inverted for warpAffine
         ux, uy = np.array([c, s]) * side / size, np.array([-s, c]) * side / size
         origin = center - ux * size / 2 - uy * size / 2
-        del half
         crop_to_img = np.array([[ux[0], uy[0], origin[0]], [ux[1], uy[1], origin[1]]], np.float64)
         img_to_crop = cv2.invertAffineTransform(crop_to_img)
         crop = cv2.warpAffine(image, img_to_crop, (size, size), flags=cv2.INTER_LINEAR, borderValue=(0, 0, 0))
