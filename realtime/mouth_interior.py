@@ -39,7 +39,7 @@ def paint_mouth(
     if not np.isfinite(thick).all():
         return
     h, w = img.shape[:2]
-    if info.get("seam", False):
+    if info.get("seam", 0.0) > 0.0:
         _seam(img, origin, upper, lower, thick, info)
     if thick.max() < 0.6:
         return
@@ -137,7 +137,7 @@ def _seam(
     pts = np.round((mid - [x0, y0]) * 8).astype(np.int32)
     thickness = max(1, int(round(info["eye_distance"] / 40)))
     cv2.polylines(mask, [pts], False, 255, thickness=thickness, lineType=cv2.LINE_AA, shift=3)
-    strength = 0.5 * float(1 - _smooth(1.0, 3.0, np.array(np.median(thick))))
+    strength = 0.5 * float(info["seam"]) * float(1 - _smooth(1.0, 3.0, np.array(np.median(thick))))
     if strength <= 0:
         return
     a = cv2.GaussianBlur(mask, (3, 3), 0).astype(np.float32)[..., None] * (strength / 255.0)

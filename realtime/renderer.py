@@ -134,7 +134,7 @@ class PortraitRenderer:
             "lip_rgb": np.array(meta["lip_rgb"], np.float32),
             "skin_rgb": np.array(meta["skin_rgb"], np.float32),
             "teeth": not meta.get("photo_open", False),
-            "seam": bool(meta.get("photo_open", False)),
+            "seam": 0.0,  # per frame: how shut an open-mouth photo's lips are
         }
         self._lock = threading.Lock()
         self._last: tuple[bytes, np.ndarray | None] | None = None
@@ -243,7 +243,12 @@ class PortraitRenderer:
             m1, m2 = cv2.convertMaps(maps, None, cv2.CV_16SC2)
             warped = cv2.remap(self.background, m1, m2, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
         up, lo = self._mouth_lines(w)
-        paint_mouth(warped, (x0, y0), up, lo, self._mouth)
+        info = self._mouth
+        if self.bundle.meta.get("photo_open"):
+            # the seam line only where the photo's lips are (nearly) shut, never across visible teeth
+            shut = float(w[FIELD_INDEX["close"]])
+            info = {**info, "seam": float(np.clip((shut - 0.7) / 0.3, 0.0, 1.0)) ** 2}
+        paint_mouth(warped, (x0, y0), up, lo, info)
         warped.setflags(write=False)
         return warped
 
