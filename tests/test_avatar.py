@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from realtime.avatar import (
+    ERROR_CODES,
     FORMAT_VERSION,
     AvatarBundle,
     AvatarError,
@@ -298,3 +299,34 @@ def test_cache_bit_flip_is_caught(tmp_path, astronaut_png):
     again = register_avatar(astronaut_png, cache_dir=tmp_path)  # rebuilt and re-cached
     assert np.array_equal(again.image, b.image)
     assert load_cached_bundle(b.key, cache_dir=tmp_path) is not None
+
+
+def _only_avatar_errors(data: bytes) -> None:
+    try:
+        register_avatar(data)
+    except AvatarError as e:
+        assert e.code in ERROR_CODES
+
+
+def test_fuzz_bytes_never_crash():
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    png = faces.encode(faces.astronaut()[::4, ::4].copy())  # small, so decoding stays cheap
+    jpeg = faces.encode(faces.astronaut()[::4, ::4].copy(), "jpeg")
+
+    @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(
+        base=st.sampled_from([png, jpeg, b"RIFF\x00\x00\x00\x00WEBPVP8 "]),
+        cut=st.integers(min_value=0, max_value=4000),
+        flips=st.lists(st.tuples(st.integers(0, 3999), st.integers(1, 255)), max_size=6),
+        tail=st.binary(max_size=64),
+    )
+    def run(base: bytes, cut: int, flips: list[tuple[int, int]], tail: bytes) -> None:
+        data = bytearray(base[: max(cut, 0)] if cut < len(base) else base)
+        for pos, val in flips:
+            if pos < len(data):
+                data[pos] ^= val
+        _only_avatar_errors(bytes(data) + tail)
+
+    run()
