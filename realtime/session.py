@@ -516,6 +516,7 @@ class LiveSession:
     async def _watchdog(self) -> None:
         idle = self.server.session_idle_timeout
         fps_mark: tuple[float, int] | None = None
+        rtcp_checked = 0.0
         while True:
             await asyncio.sleep(0.25)
             now = time.monotonic()
@@ -531,7 +532,9 @@ class LiveSession:
                     self.close_soon("ICE did not connect in time", "connect_timeout")
                     return
                 continue
-            await self._refresh_rtcp_seen()
+            if now - rtcp_checked >= 1.0:  # getStats builds whole reports: once a second is enough
+                rtcp_checked = now
+                await self._refresh_rtcp_seen()
             if now - self._last_seen > self.vanish_timeout:
                 self.close_soon(f"peer vanished (nothing received for {self.vanish_timeout:g} s)", "vanished")
                 return

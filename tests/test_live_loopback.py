@@ -24,6 +24,7 @@ from webrtc_client import AvatarClient
 
 from realtime.app import create_app
 from realtime.benchmarks._support import has_trained_model
+from realtime.benchmarks.live import match_motion
 from realtime.config import Config, load_config
 from realtime.motion import CHANNELS, MOUTH_CHANNELS, idx, neutral
 
@@ -89,29 +90,10 @@ async def live(live_engine, test_config: Config) -> AsyncIterator[tuple[str, obj
 
 
 def motion_by_frame(rec: Recording) -> dict[int, np.ndarray]:
-    """Received video frame (by position) -> the motion vector the server sent for it.
-
-    The data channel carries frame ``n``; received pts are ``(n - n0) * 3600``. ``n0`` is the
-    offset under which each message arrives together with its frame.
-    """
-    client = rec.client
-    msgs = [(t, m) for t, m in client.motion if "channels" in m]
-    by_n = {m["frame"]: (t, m) for t, m in msgs}
-    step = 90000 // 25
-    best, best_err = 0, float("inf")
-    for d in range(-100, 101):
-        errs = [
-            abs(by_n[f.pts // step + d][0] - f.arrival) for f in client.video if f.pts // step + d in by_n
-        ]
-        if len(errs) > 0.5 * len(client.video) and np.median(errs) < best_err:
-            best, best_err = d, float(np.median(errs))
-    assert best_err < 0.1, "motion messages do not line up with video frames"
-    out = {}
-    for i, f in enumerate(client.video):
-        item = by_n.get(f.pts // step + best)
-        if item is not None:
-            out[i] = np.array([item[1]["channels"][c] for c in CHANNELS], np.float32)
-    return out
+    """Received video frame (by position) -> the motion vector the server sent for it."""
+    motion = match_motion(rec.client.video, rec.client.motion, 25)
+    assert len(motion) > 0.5 * len(rec.client.video), "motion messages do not line up with video frames"
+    return motion
 
 
 def mouth_scores(rec: Recording, engine) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
