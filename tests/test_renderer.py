@@ -294,3 +294,22 @@ def test_grayscale_photo_stays_gray():
     frame = r.render(motion(jawOpen=0.8)).astype(np.int16)
     assert (frame.max(axis=2) - frame.min(axis=2)).max() == 0
     assert np.abs(frame - r.background).max() > 40  # the mouth did open
+
+
+def test_fuzz_motion(renderer):
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+    from hypothesis.extra.numpy import arrays
+
+    x0, y0, x1, y1 = renderer.roi
+    photo = renderer.background
+
+    @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(arrays(np.float32, N_CHANNELS, elements=st.floats(width=32, allow_nan=True, allow_infinity=True)))
+    def run(m: np.ndarray) -> None:
+        frame = renderer.render(m)
+        assert frame.shape == photo.shape and frame.dtype == np.uint8
+        assert np.array_equal(frame[:y0], photo[:y0]) and np.array_equal(frame[y1:], photo[y1:])
+        assert np.array_equal(frame[:, :x0], photo[:, :x0]) and np.array_equal(frame[:, x1:], photo[:, x1:])
+
+    run()
