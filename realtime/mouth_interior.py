@@ -107,7 +107,8 @@ def paint_mouth(
         teeth = np.maximum(teeth, low)
         # brightness follows the photo's lighting; a faint ripple hints at separate teeth
         ripple = 1.0 - 0.07 * (0.5 + 0.5 * np.cos(2 * np.pi * (lx - xc) / (0.11 * e))) * (s > 0.12)
-        tshade = (light * (1.0 - 0.2 * s**2) * ripple)[..., None]
+        under_lip = 0.8 + 0.2 * _smooth(0.0, 0.35, t / np.maximum(band, 1e-3))  # shadow of the upper lip
+        tshade = (light * (1.0 - 0.2 * s**2) * ripple * under_lip)[..., None]
         col = col * (1 - teeth[..., None]) + (TEETH_RGB * tshade) * teeth[..., None]
     # thin openings fade in rather than pop
     alpha = alpha * _smooth(0.3, 1.8, gap)
