@@ -196,8 +196,6 @@ def build(image: np.ndarray, landmarks: np.ndarray, *, expand_ratio: float = 0.1
     VL = fr.local(vertices[:n_face])  # local coords of movable vertices
     x, y = VL[:, 0], VL[:, 1]
     u = (x - x_mouth) / half_w
-    is_lm = np.zeros(n_face, bool)
-    is_lm[:n_lm] = True
 
     disp = np.zeros((len(FIELDS), len(vertices), 2))  # local (dx, dy), converted at the end
 
