@@ -431,6 +431,21 @@ def _predict_all(
     return out
 
 
+def phone_means(col: _Collected, fps: float, guard_s: float = LABEL_GUARD_S) -> dict[str, float]:
+    """Mean aperture per phone (segment interiors, as in :func:`frame_labels`): where a system errs."""
+    sums: dict[str, list[float]] = {}
+    for pred, phones in zip(col.preds, col.phones, strict=True):
+        t = np.arange(len(pred)) / float(fps)
+        for item in phones:
+            phone, s, e = normalize(item[0]), float(item[1]), float(item[2])  # type: ignore[arg-type]
+            inside = (t >= s + guard_s) & (t < e - guard_s)
+            if inside.any():
+                acc = sums.setdefault(phone, [0.0, 0.0])
+                acc[0] += float(pred[inside].sum())
+                acc[1] += float(inside.sum())
+    return {p: round(v[0] / v[1], 4) for p, v in sorted(sums.items())}
+
+
 def _spread(utts: list[Utterance], limit: int | None) -> list[Utterance]:
     """At most ``limit`` utterances, evenly spaced through the manifest order (covers every source)."""
     if not limit or len(utts) <= limit:
@@ -513,6 +528,10 @@ def evaluate(
                 by_source.setdefault(source, {})[system] = score(
                     sub.preds, sub.targets, sub.labels, sub.phones, fps, thr
                 )
+    per_phone = {
+        group: {system: phone_means(col, fps) for system, col in systems.items()}
+        for group, systems in sorted(test.items())
+    }
     if timing.get("model_s"):
         model_info["real_time_factor"] = timing["audio_s"] / timing["model_s"]
     report = {
@@ -525,6 +544,7 @@ def evaluate(
         "thresholds": thresholds,
         "groups": groups,
         "by_source": by_source,
+        "phone_mean_aperture": per_phone,
         "targets": {"balanced_accuracy": 0.85, "auc": 0.90, "abs_lag_ms": 20.0},
     }
     return report, test

@@ -159,6 +159,16 @@ def test_oracle_scores_near_perfect() -> None:
     assert m["balanced_accuracy"] == 0.5 and m["auc"] == 0.5
 
 
+def test_phone_means() -> None:
+    from realtime.evaluate import _Collected, phone_means
+
+    phones = _phones()
+    target = mouth_aperture(mouth_targets(phones, 80, 25))
+    means = phone_means(_Collected([target], [target], [], [phones], ["flite"]), 25)
+    assert means["p"] < 0.02 and means["m"] < 0.02
+    assert means["iy"] > 0.1 and means["ow"] > 0.2
+
+
 def test_loudness_baseline_on_real_speech(speech_16k: np.ndarray) -> None:
     fps = 25
     n = int(np.ceil(len(speech_16k) / 16000 * fps))
