@@ -15,6 +15,7 @@ import io
 import json
 import logging
 import os
+import sys
 import tempfile
 import time
 import warnings
@@ -28,7 +29,7 @@ from realtime.landmarks import FaceMesh, ModelsMissingError
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 5
+FORMAT_VERSION = 6  # bump whenever registration output changes: old caches then miss
 MAX_IMAGE_BYTES = 20_000_000
 MAX_IMAGE_PIXELS = 40_000_000
 MIN_IMAGE_SIDE = 64
@@ -378,19 +379,19 @@ def cli_main(argv: list[str]) -> int:
         cache_dir = cfg.resolve(cfg.avatars.cache_dir)
     t0 = time.perf_counter()
     try:
-        bundle = register_avatar(
-            args.image, expand_ratio=args.expand_ratio, cache_dir=cache_dir, face=args.face
-        )
+        data = _read_source(args.image, MAX_IMAGE_BYTES)
+        cached = (Path(cache_dir) / f"{bundle_key(data, args.expand_ratio, args.face)}.npz").is_file()
+        bundle = register_avatar(data, expand_ratio=args.expand_ratio, cache_dir=cache_dir, face=args.face)
     except AvatarError as e:
-        print(f"error ({e.code}): {e}", flush=True)
+        print(f"error ({e.code}): {e}", file=sys.stderr, flush=True)
         return 1
     except (ValueError, ModelsMissingError) as e:
-        print(f"error: {e}", flush=True)
+        print(f"error: {e}", file=sys.stderr, flush=True)
         return 2
     ms = (time.perf_counter() - t0) * 1000
     w, h = bundle.size
     print(f"key {bundle.key}")
-    print(
-        f"image {w}x{h}, {bundle.meta.get('faces_found', 1)} face(s), roi {bundle.roi.tolist()}, {ms:.0f} ms"
-    )
+    source = "from cache" if cached else "registered"
+    faces = bundle.meta.get("faces_found", 1)
+    print(f"image {w}x{h}, {faces} face(s), roi {bundle.roi.tolist()}, {source} in {ms:.0f} ms")
     return 0

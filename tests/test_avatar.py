@@ -249,7 +249,9 @@ def test_cli(tmp_path, capsys):
     bad = tmp_path / "b.png"
     bad.write_bytes(b"nope")
     assert cli_main([str(bad), "--cache-dir", str(tmp_path / "cache")]) == 1
-    assert "not_an_image" in capsys.readouterr().out
+    assert "not_an_image" in capsys.readouterr().err
+    assert cli_main([str(img), "--cache-dir", str(tmp_path / "cache"), "--expand-ratio", "0.2"]) == 0
+    assert "from cache" in capsys.readouterr().out
 
 
 def test_read_only_cache_dir_still_registers(tmp_path, astronaut_png):
