@@ -7,8 +7,10 @@ Streaming (:class:`MotionStream`)
     (100 ms at 25 fps) plus any negative ``align_mouth``. Each chunk is one window: the last
     ``context_frames`` generated frames (known, inpainted) plus the new frames, denoised by the
     flow-matching sampler in ``inference_steps`` steps. Emitted frames never change. The initial
-    noise of frame ``n`` is drawn from ``default_rng([seed, n])``, so output depends on the seed and
-    the audio, never on how the audio was chunked into ``push`` calls.
+    noise of frame ``n`` is drawn from ``default_rng([seed, n])`` (mouth channels scaled by the
+    model's ``mouth_temperature``: mouth targets are deterministic given the phones, so their
+    sampling noise is only jitter), so output depends on the seed and the audio, never on how the
+    audio was chunked into ``push`` calls.
 
 Stability
     Head pose is anchored: a 4 s running mean of the generated pose is subtracted before a frame
@@ -319,9 +321,12 @@ class _Core:
         self.anchor_alpha = 1.0 - math.exp(-1.0 / (fps * ANCHOR_S))
 
     def noise(self, first: int, n: int) -> np.ndarray:
-        return np.stack(
+        """Initial noise of frames first..first+n-1: a function of (seed, frame index) only."""
+        z = np.stack(
             [np.random.default_rng([self.seed, first + i]).standard_normal(N_CHANNELS) for i in range(n)]
-        ).astype(np.float32)
+        )
+        z[:, MOUTH] *= self.model.config.mouth_temperature
+        return z.astype(np.float32)
 
     def generate(self, first: int, audio: np.ndarray, steps: int, dynamic_scale: float) -> np.ndarray:
         """Frames first..first+len(audio)-1 from their embeddings -> (n, C) motion (denormalised)."""
