@@ -261,11 +261,32 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         log.exception("unhandled error on %s %s", request.method, request.path)
         return json_error(500, "internal server error")
     if isinstance(response, web.FileResponse) and not response.prepared:
-        # A FileResponse only finds out at send time that its file is missing and then answers an
-        # empty 404; look now so the client gets the usual JSON error instead.
-        path = getattr(response, "_path", None)
-        if path is not None and not Path(path).is_file():  # noqa: ASYNC240 (one stat, no I/O wait)
-            return json_error(404, "Not Found")
+        return _check_file_response(request, response)
+    return response
+
+
+def _check_file_response(request: web.Request, response: web.FileResponse) -> web.StreamResponse:
+    """A FileResponse finds out only at send time that its file is missing or the Range is
+    unsatisfiable, and then answers an empty 404/416; look now so the client gets JSON."""
+    path = getattr(response, "_path", None)
+    if path is None:
+        return response
+    try:
+        size = Path(path).stat().st_size  # noqa: ASYNC240 - one stat of a local file
+    except OSError:
+        return json_error(404, "Not Found")
+    if not Path(path).is_file():  # noqa: ASYNC240
+        return json_error(404, "Not Found")
+    try:
+        start = request.http_range.start
+    except ValueError:  # malformed Range header: aiohttp answers 416 too
+        bad = True
+    else:
+        bad = start is not None and start >= size  # a negative start is a suffix range: fine
+    if bad:
+        resp = json_error(416, "requested range not satisfiable")
+        resp.headers["Content-Range"] = f"bytes */{size}"
+        return resp
     return response
 
 

@@ -125,6 +125,13 @@ async def test_errors_are_json_without_tracebacks(make_client, test_config, capl
     assert resp.status == 413 and resp.content_type == "application/json"
     resp = await client.post("/echo", data=b"z" * 500)
     assert resp.status == 200 and (await resp.json()) == {"n": 500}
+    # Unsatisfiable or malformed ranges on a real file: JSON 416, not an empty body.
+    for rng in ("bytes=999999999-", "bytes=a-b"):
+        resp = await client.get("/", headers={"Range": rng})
+        assert resp.status == 416 and resp.content_type == "application/json", rng
+        assert resp.headers["Content-Range"].startswith("bytes */")
+    resp = await client.get("/", headers={"Range": "bytes=0-9"})
+    assert resp.status == 206 and len(await resp.read()) == 10
     # Path traversal through the static route is refused as JSON, not served.
     resp = await client.get("/static/../config.toml")
     assert resp.status in (403, 404) and "max_body_bytes" not in await resp.text()
