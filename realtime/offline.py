@@ -26,7 +26,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 from fractions import Fraction
@@ -50,6 +50,14 @@ Progress = Callable[[float, str], None]
 
 # Share of the progress bar given to motion generation; rendering + encoding take the rest.
 _MOTION_SHARE = 0.1
+# Long audio becomes motion in blocks of about this many seconds. generate_motion holds per-frame
+# audio features for all of its input (~1.7 MB per second of audio: +1 GB for 10 minutes), so
+# blocks keep memory flat, and rendering starts before all motion exists. Each block after the
+# first starts early: its first second (the model warming up from no context) is dropped and the
+# next second cross-fades from the previous block, so the seams do not show.
+MOTION_BLOCK_S = 60
+_WARMUP_S = 1
+_FADE_S = 1
 # Frames per render task (at 512x512; fewer at larger sizes), and render tasks in flight per
 # executor worker: small enough that live sessions on the same executor get a turn every ~10 ms,
 # large enough to amortise the hand-off.
@@ -299,9 +307,27 @@ def _render_chunk(render: Callable[[np.ndarray], np.ndarray], motion: np.ndarray
     return [rgb_to_i420(render(m)) for m in motion]
 
 
+def _rechunk(blocks: Iterable[np.ndarray], size: int) -> Iterator[np.ndarray]:
+    """The rows of ``blocks`` regrouped into arrays of ``size`` rows (the last may be shorter)."""
+    buf: list[np.ndarray] = []
+    have = 0
+    for block in blocks:
+        i = 0
+        while i < len(block):
+            take = min(size - have, len(block) - i)
+            buf.append(block[i : i + take])
+            have += take
+            i += take
+            if have == size:
+                yield np.concatenate(buf)
+                buf, have = [], 0
+    if have:
+        yield np.concatenate(buf)
+
+
 def render_frames(
     render: Callable[[np.ndarray], np.ndarray],
-    motion: np.ndarray,
+    motion: np.ndarray | Iterable[np.ndarray],
     executor: Executor,
     *,
     workers: int,
@@ -310,20 +336,22 @@ def render_frames(
 ) -> Iterator[np.ndarray]:
     """I420 frames for each motion row, in order, rendered in chunks on ``executor``.
 
-    At most ``workers * 2`` chunks are in flight, so memory stays bounded and other
-    users of the executor get a turn between chunks.
+    ``motion`` is one (n, N_CHANNELS) array or an iterable of consecutive blocks of
+    rows (consumed as rendering proceeds). At most ``workers * 2`` chunks are in
+    flight, so memory stays bounded and other users of the executor get a turn
+    between chunks.
     """
     pending: deque[Future[list[np.ndarray]]] = deque()
     limit = max(1, workers * _INFLIGHT_PER_WORKER)
-    chunk = max(1, round(_CHUNK * 512 * 512 / pixels)) if pixels else _CHUNK
-    starts = iter(range(0, len(motion), chunk))
+    size = max(1, round(_CHUNK * 512 * 512 / pixels)) if pixels else _CHUNK
+    chunks = _rechunk([motion] if isinstance(motion, np.ndarray) else motion, size)
     try:
         while True:
             while len(pending) < limit:
-                start = next(starts, None)
-                if start is None:
+                rows = next(chunks, None)
+                if rows is None:
                     break
-                pending.append(executor.submit(_render_chunk, render, motion[start : start + chunk]))
+                pending.append(executor.submit(_render_chunk, render, rows))
             if not pending:
                 return
             if cancel is not None and cancel.is_set():
@@ -335,6 +363,72 @@ def render_frames(
 
 
 # -- the pipeline --------------------------------------------------------------------------------------
+def motion_blocks(
+    generate: Callable[[np.ndarray, Callable[[float], None]], np.ndarray],
+    pcm: np.ndarray,
+    fps: int,
+    n_frames: int,
+    executor: Executor,
+    *,
+    block_s: int = MOTION_BLOCK_S,
+    progress: Callable[[int], None] | None = None,
+    cancel: threading.Event | None = None,
+) -> Iterator[np.ndarray]:
+    """Motion for all of ``pcm`` as consecutive blocks of rows, ``n_frames`` rows in all.
+
+    ``generate(segment, on_fraction)`` makes the motion of one audio segment (frame *j*
+    shows segment time *j / fps*); it runs on ``executor``, one block ahead of the
+    consumer. Block edges fall on whole seconds, so every segment starts exactly on a
+    frame. ``progress`` gets the number of frames of motion made so far.
+    """
+    duration = pcm.size / MODEL_RATE
+    n_blocks = max(1, round(duration / block_s))
+    lead = _WARMUP_S + _FADE_S
+    fade = _FADE_S * fps
+    bounds = [k * block_s for k in range(n_blocks)] + [None]
+    done = [0]
+
+    def make(k: int) -> np.ndarray:
+        start = 0 if k == 0 else (bounds[k] - lead) * MODEL_RATE  # type: ignore[operator]
+        end = None if bounds[k + 1] is None else bounds[k + 1] * MODEL_RATE  # type: ignore[operator]
+        segment = pcm[start:end]
+        base = done[0]
+        expected = math.ceil(segment.size * fps / MODEL_RATE)
+
+        def on_fraction(fraction: float) -> None:
+            if progress is not None:
+                progress(base + int(min(max(fraction, 0.0), 1.0) * expected))
+
+        out = np.asarray(generate(segment, on_fraction), dtype=np.float32)
+        done[0] = base + len(out)
+        return out
+
+    emitted = 0
+    tail: np.ndarray | None = None
+    future = executor.submit(make, 0)
+    try:
+        for k in range(n_blocks):
+            block = future.result()
+            if k + 1 < n_blocks:
+                if cancel is not None and cancel.is_set():
+                    raise Cancelled()
+                future = executor.submit(make, k + 1)
+            if k > 0 and tail is not None:
+                block = block[_WARMUP_S * fps :]
+                w = ((np.arange(fade, dtype=np.float32) + 0.5) / fade)[:, None]
+                block = np.concatenate([(1 - w) * tail + w * block[:fade], block[fade:]])
+            if k + 1 < n_blocks:
+                block, tail = block[:-fade], block[-fade:]
+            block = block[: max(0, n_frames - emitted)]
+            emitted += len(block)
+            if len(block):
+                yield block
+    finally:
+        future.cancel()
+    if emitted < n_frames:  # the generator rounds like n_frames_for; hold the last pose if it ever differs
+        yield _fit_frames(np.zeros((0, 0), np.float32) if emitted == 0 else block[-1:], n_frames - emitted)
+
+
 def temp_path_for(out_path: Path) -> Path:
     """A hidden sibling name to write to before the atomic rename."""
     return out_path.with_name(f".{out_path.name}.{secrets.token_hex(4)}.part")
@@ -373,22 +467,30 @@ def generate_video(
 
     from realtime.generator import generate_motion
 
-    def motion_progress(fraction: float) -> None:
-        report(_MOTION_SHARE * min(max(fraction, 0.0), 1.0), "motion")
+    lock = threading.Lock()
+    state = {"motion": 0, "encoded": 0}
+
+    def emit(stage: str, **update: int) -> None:
+        with lock:  # motion reports from an executor thread, rendering from this one
+            state.update(update)
+            fraction = (_MOTION_SHARE * state["motion"] + (1 - _MOTION_SHARE) * state["encoded"]) / n_frames
+        report(min(fraction, 1.0), stage)
+
+    def generate(segment: np.ndarray, on_fraction: Callable[[float], None]) -> np.ndarray:
+        return generate_motion(
+            engine.motion_model, segment, MODEL_RATE, fps=params.fps, controls=controls, progress=on_fraction
+        )
 
     report(0.0, "motion")
-    motion = engine.executor.submit(
-        generate_motion,
-        engine.motion_model,
+    motion = motion_blocks(
+        generate,
         pcm,
-        MODEL_RATE,
-        fps=params.fps,
-        controls=controls,
-        progress=motion_progress,
-    ).result()
-    motion = _fit_frames(np.asarray(motion, dtype=np.float32), n_frames)
-    if cancel is not None and cancel.is_set():
-        raise Cancelled()
+        params.fps,
+        n_frames,
+        engine.executor,
+        progress=lambda frames: emit("motion", motion=frames),
+        cancel=cancel,
+    )
 
     renderer = engine.executor.submit(engine.renderer, bundle, params.min_resolution).result()
     workers = getattr(engine.executor, "_max_workers", 2)
@@ -410,7 +512,7 @@ def generate_video(
         ):
             writer.write(yuv)
             if i % step == 0:
-                report(_MOTION_SHARE + (1 - _MOTION_SHARE) * i / n_frames, "render")
+                emit("render", encoded=i)
         writer.close()
         writer = None
         os.replace(tmp, out_path)

@@ -20,6 +20,7 @@ from realtime.offline import (
     ParamError,
     cli_main,
     generate_video,
+    motion_blocks,
     n_frames_for,
     plan_batch,
     rgb_to_i420,
@@ -141,6 +142,52 @@ def test_mp4_writer_av_sync(tmp_path: Path) -> None:
     # moov before mdat: the browser can start playing before the whole file arrives.
     boxes = top_level_boxes(out)
     assert boxes.index("moov") < boxes.index("mdat")
+
+
+# -- motion in blocks (long files) -------------------------------------------------------------------
+def _envelope(segment: np.ndarray, on_fraction) -> np.ndarray:  # noqa: ANN001
+    """A stand-in whose frame j depends only on the audio of frame j, so blocks must stitch exactly."""
+    n = math.ceil(segment.size * FPS / 16000)
+    hop = 16000 // FPS
+    rms = [float(np.sqrt(np.mean(segment[j * hop : (j + 1) * hop] ** 2))) for j in range(n)]
+    on_fraction(1.0)
+    return np.repeat(np.asarray(rms, np.float32)[:, None], 22, axis=1)
+
+
+def test_motion_blocks_stitch_exactly() -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    rng = np.random.default_rng(1)
+    pcm = (
+        rng.standard_normal(16000 * 11 + 123) * np.repeat(rng.uniform(0, 1, 111), 1600)[: 16000 * 11 + 123]
+    ).astype(np.float32)
+    n = n_frames_for(pcm.size / 16000, FPS)
+    made: list[int] = []
+    with ThreadPoolExecutor(1) as pool:
+        blocks = list(motion_blocks(_envelope, pcm, FPS, n, pool, block_s=3, progress=made.append))
+    assert len(blocks) > 3  # 11 s in blocks of about 3 s
+    stitched = np.concatenate(blocks)
+    assert stitched.shape == (n, 22)
+    np.testing.assert_allclose(stitched, _envelope(pcm, lambda f: None), atol=1e-6)
+    assert made == sorted(made) and made[-1] >= n
+
+
+def test_motion_blocks_real_model_has_no_seams(engine, talk_clip) -> None:
+    from realtime.generator import generate_motion
+
+    def generate(segment: np.ndarray, on_fraction) -> np.ndarray:  # noqa: ANN001
+        return generate_motion(engine.motion_model, segment, 16000, FPS, progress=on_fraction)
+
+    n = n_frames_for(talk_clip.duration, FPS)
+    stitched = np.concatenate(
+        list(motion_blocks(generate, talk_clip.pcm, FPS, n, engine.executor, block_s=2))
+    )
+    assert stitched.shape == (n, 22)
+    step = np.linalg.norm(np.diff(stitched, axis=0), axis=1)
+    near = np.zeros(step.size, bool)
+    for seam in range(2 * FPS, n, 2 * FPS):
+        near[seam - FPS - 1 : seam + 1] = True  # the cross-fade and the frame after it
+    assert step[near].max() <= step[~near].max(), (step[near].max(), step[~near].max())
 
 
 # -- the real pipeline --------------------------------------------------------------------------------

@@ -287,7 +287,9 @@ def _markdown(results: dict[str, Any], command: str) -> str:
 def cli_main(argv: list[str]) -> int:
     """Run the offline benchmark and print (and optionally write) the results."""
     parser = argparse.ArgumentParser(prog="avatar bench offline", description=__doc__.split("\n")[0])
-    parser.add_argument("--resolutions", type=int, nargs="+", default=[512, 1024])
+    parser.add_argument(
+        "--resolutions", type=int, nargs="*", default=[512, 1024], help="none: skip the speed runs"
+    )
     parser.add_argument("--seconds", type=float, default=20.0, help="audio length for the speed runs")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--latency-runs", type=int, default=5, help="0 skips the HTTP latency runs")
