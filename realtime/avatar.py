@@ -29,7 +29,7 @@ from realtime.landmarks import FaceMesh, ModelsMissingError
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 6  # bump whenever registration output changes: old caches then miss
+FORMAT_VERSION = 7  # bump whenever registration output changes: old caches then miss
 MAX_IMAGE_BYTES = 20_000_000
 MAX_IMAGE_PIXELS = 40_000_000
 MIN_IMAGE_SIDE = 64

@@ -202,7 +202,8 @@ def build(image: np.ndarray, landmarks: np.ndarray, *, expand_ratio: float = 0.1
     def set_field(name: str, d_local: np.ndarray) -> None:
         disp[FIELD_INDEX[name], :n_face] = d_local
 
-    below_nose = y > L[NOSE_BOTTOM, 1] + 0.05 * E
+    # soft: a hard cut here would tear the cheek where it crosses the nose line
+    below_nose = _smoothstep(L[NOSE_BOTTOM, 1] - 0.1 * E, L[NOSE_BOTTOM, 1] + 0.2 * E, y)
     lat = np.clip(1.1 - 0.6 * (x / max(w_half, 1e-6)) ** 2, 0.15, 1.0)
 
     # -- open: lower lip + jaw move down (upper lip lifts a little)
@@ -225,25 +226,23 @@ def build(image: np.ndarray, landmarks: np.ndarray, *, expand_ratio: float = 0.1
     d[:, 1] = d_fit * w_low - 0.08 * d_fit * w_up * below_nose
     set_field("open", d)
 
-    # -- close: the photo's own lip gap shuts (upper lip down a quarter, lower lip up the rest)
+    # -- close: the photo's own lip gap shuts. Per column this is a monotonic 1-D map (no
+    # folds): the band between the two trim rows collapses onto the meeting line, the upper
+    # lip above it comes down (fading upwards), the lower lip below comes up and the chin
+    # follows as a block.
     k = 0.97
-    g_here = gap(x) * (np.abs(u) <= 1.05)
-    near = 1 - _smoothstep(0, 0.25 * E, below)
+    g = gap(x) * (np.abs(u) <= 1.05)
+    tr = trim * _smoothstep(0.0, 0.05 * E, g)
+    top = y_up(x) - tr
+    bot = y_lo(x) + tr
+    meet_y = y_up(x) + k * 0.25 * g
+    upper = (meet_y - top) * (1 - _smoothstep(0, 0.2 * E, top - y))
+    near = 1 - _smoothstep(0, 0.25 * E, y - bot)
+    jaw = -k * 0.75 * gap0 * lat * _smoothstep(0, 1, (y - bot + 0.03 * E) / h_ramp)
+    lower = near * (meet_y + 0.02 * g - bot) + (1 - near) * jaw
+    band = meet_y + 0.02 * g * np.clip((y - top) / np.maximum(bot - top, 1e-6), 0, 1) - y
     d = np.zeros((n_face, 2))
-    low_move = -k * 0.75 * (g_here * near + gap0 * lat * (1 - near))
-    d[:, 1] = np.where(below >= -0.01, low_move * _smoothstep(0, 1, (below + 0.03 * E) / h_ramp), 0.0)
-    # lower inner lip itself: exactly its own gap
-    for i in LOWER_INNER:
-        d[i, 1] = -k * 0.75 * gap(np.array([x[i]]))[0]
-    upper_move = k * 0.25 * gap(x) * (np.abs(u) <= 1.05)
-    d[:, 1] += np.where(above >= -0.01, upper_move * (1 - _smoothstep(0, 0.2 * E, above)), 0.0)
-    for i in UPPER_INNER:
-        d[i, 1] = k * 0.25 * gap(np.array([x[i]]))[0]
-    meet = y_up(split_x) + k * 0.25 * gap(split_x)
-    d[i_su, 1] = meet + 0.005 * gap(split_x) - y[i_su]
-    d[i_sl, 1] = meet + 0.015 * gap(split_x) - y[i_sl]
-    d[i_tu, 1] = meet - 0.005 * gap(split_x) - y[i_tu]
-    d[i_tl, 1] = meet + 0.02 * gap(split_x) - y[i_tl]
+    d[:, 1] = np.where(y <= top, upper, np.where(y >= bot, lower, band))
     set_field("close", d)
 
     # -- linear mouth controls: handles with Gaussian falloff
@@ -274,6 +273,19 @@ def build(image: np.ndarray, landmarks: np.ndarray, *, expand_ratio: float = 0.1
     d = gather * 0.38
     d[:, 1] += (-0.012 * lips_up + 0.012 * lips_lo) * E
     set_field("mouthPucker", d)
+    y_out_up = _curve(L[list(UPPER_OUTER), 0], L[list(UPPER_OUTER), 1])(x)
+    y_out_lo = _curve(L[list(LOWER_OUTER), 0], L[list(LOWER_OUTER), 1])(x)
+    in_mouth = 1 - _smoothstep(0.85, 1.2, np.abs(u))
+
+    def press_profile(depth: np.ndarray, lip: np.ndarray) -> np.ndarray:
+        """0 at the mouth line, 1 at the outer lip line (``lip`` deep), fading beyond it."""
+        lip = np.maximum(lip, 0.02 * E)
+        inside = np.clip(depth / lip, 0.0, 1.0)
+        outside = np.exp(-((np.maximum(depth - lip, 0.0) / (0.12 * E)) ** 2))
+        return np.where(depth < 0, 0.0, np.where(depth <= lip, inside, outside)) * in_mouth
+
+    press_up = press_profile(above, y_up(x) - y_out_up)
+    press_lo = press_profile(below, y_out_lo - y_lo(x))
     for side, corner, sgn in (("Left", c_l, 1.0), ("Right", c_r, -1.0)):
         g = falloff(corner, 0.3 * E)[:, None]
         set_field(f"mouthSmile{side}", g * np.array([sgn * 0.11, -0.09]) * E)
@@ -282,12 +294,10 @@ def build(image: np.ndarray, landmarks: np.ndarray, *, expand_ratio: float = 0.1
         d = np.zeros((n_face, 2))
         d[:, 1] = -0.08 * E * lips_up
         set_field(f"mouthUpperUp{side}", d * half)
+        # press: both lips roll in (thinner): the outer lip line moves towards the mouth line,
+        # the lip between follows proportionally and the skin outside follows with a falloff
         d = np.zeros((n_face, 2))
-        outer_up = np.zeros(n_face)
-        outer_lo = np.zeros(n_face)
-        outer_up[list(UPPER_OUTER[1:-1])] = 1
-        outer_lo[list(LOWER_OUTER[1:-1])] = 1
-        d[:, 1] = (0.03 * outer_up - 0.03 * outer_lo) * E
+        d[:, 1] = 0.025 * E * (press_up - press_lo)
         set_field(f"mouthPress{side}", d * half)
 
     # -- eyes: upper lid meets the lower lid; the skin above follows partly
