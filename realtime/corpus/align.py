@@ -102,6 +102,7 @@ class TimingCheck:
     p95_error_s: float
     matched: int
     reference_phones: int
+    offset_s: float = 0.0  # median signed (aligner - engine) boundary difference: a voice's systematic bias
 
     @property
     def match_ratio(self) -> float:
@@ -143,7 +144,14 @@ def compare_timings(reference: Phones, aligned: Phones) -> TimingCheck:
     ref = [seg for seg in reference if seg[0] != SILENCE]
     ali = [seg for seg in aligned if seg[0] != SILENCE]
     pairs = _match([p for p, _, _ in ref], [p for p, _, _ in ali])
-    errors = [abs(ref[i][k] - ali[j][k]) for i, j in pairs for k in (1, 2)]
-    if not errors:
-        return TimingCheck(float("inf"), float("inf"), 0, len(ref))
-    return TimingCheck(float(np.median(errors)), float(np.percentile(errors, 95)), len(pairs), len(ref))
+    signed = [ali[j][k] - ref[i][k] for i, j in pairs for k in (1, 2)]
+    if not signed:
+        return TimingCheck(float("inf"), float("inf"), 0, len(ref), 0.0)
+    errors = np.abs(signed)
+    return TimingCheck(
+        float(np.median(errors)),
+        float(np.percentile(errors, 95)),
+        len(pairs),
+        len(ref),
+        float(np.median(signed)),
+    )
