@@ -220,6 +220,11 @@ def bench_memory(engine: Any, wav: Path, resolution: int, out_dir: Path) -> dict
         "rss_first_quarter_mb": first,
         "rss_last_quarter_mb": last,
         "rss_growth_mb": last - first,
+        # RSS when the job was 20%, 40%, ... 100% done: a leak shows as a steady climb.
+        "rss_by_progress_mb": [
+            round(next((r for _, p, r in samples if p >= q), samples[-1][2]), 1)
+            for q in (0.2, 0.4, 0.6, 0.8, 0.99)
+        ],
         "pcm_mb": clip.pcm.nbytes / 2**20,
         "output_mb": (out_dir / "long.mp4").stat().st_size / 2**20,
     }
@@ -279,6 +284,7 @@ def _markdown(results: dict[str, Any], command: str) -> str:
             f"- RSS before: {m['rss_before_mb']:.0f} MB; peak: {m['rss_peak_mb']:.0f} MB",
             f"- RSS median over the first quarter of rendering: {m['rss_first_quarter_mb']:.0f} MB; "
             f"last quarter: {m['rss_last_quarter_mb']:.0f} MB (growth {m['rss_growth_mb']:+.1f} MB)",
+            f"- RSS at 20/40/60/80/100% done: {', '.join(f'{v:.0f}' for v in m['rss_by_progress_mb'])} MB",
             f"- the decoded 16 kHz audio itself: {m['pcm_mb']:.0f} MB; output file: {m['output_mb']:.0f} MB",
         ]
     return "\n".join(lines) + "\n"
