@@ -67,14 +67,6 @@ def _proc_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def _try_offer(client: Any, http: Any, url: str) -> tuple[int, str | None]:
-    """POST one client's offer; (status, Retry-After)."""
-    payload = await client.offer_payload()
-    async with http.post(f"{url}/offer", json=payload) as resp:
-        await resp.read()
-        return resp.status, resp.headers.get("Retry-After")
-
-
 async def run_load(args: argparse.Namespace, url: str, pid: int, pcm: np.ndarray) -> dict[str, Any]:
     import aiohttp
 
@@ -99,15 +91,20 @@ async def run_load(args: argparse.Namespace, url: str, pid: int, pcm: np.ndarray
             await asyncio.sleep(args.interval)
 
         stop = asyncio.Event()
+        stop.set()
+
+        # One real offer, re-sent: the server refuses before it touches the SDP, and building a new
+        # peer connection per attempt would load this (client) process, not the server.
+        spare = client_cls(url, np.zeros(1600, np.float32), 16000, keep_video=False)
+        offer = await spare.offer_payload()
+        await spare.close()
 
         async def hammer() -> None:
             """Keep asking for more sessions while the held ones are measured."""
             while not stop.is_set():
-                extra = client_cls(url, np.zeros(1600, np.float32), 16000, keep_video=False)
-                try:
-                    refusals.append(await _try_offer(extra, http, url))
-                finally:
-                    await extra.close()
+                async with http.post(f"{url}/offer", json=offer) as resp:
+                    await resp.read()
+                    refusals.append((resp.status, resp.headers.get("Retry-After")))
                 await asyncio.sleep(args.hammer_every)
 
         async def server_stats() -> list[dict[str, Any]]:
@@ -117,23 +114,47 @@ async def run_load(args: argparse.Namespace, url: str, pid: int, pcm: np.ndarray
                     out.append(await r.json())
             return out
 
-        before = await server_stats()
-        counts0 = [c.video_count for c in held]
-        cpu0, t0, rss0 = _proc_cpu(pid), time.monotonic(), rss_mb(pid)
-        task = asyncio.create_task(hammer())
-        await asyncio.sleep(args.hold)
-        stop.set()
-        await task
-        t1, cpu1 = time.monotonic(), _proc_cpu(pid)
-        counts1 = [c.video_count for c in held]
-        after = await server_stats()
+        async def window(seconds: float, refusing: bool) -> dict[str, Any]:
+            """Held sessions' delivered fps and server drops over ``seconds`` (optionally while refusing)."""
+            stop.clear()
+            before = await server_stats()
+            counts0 = [c.video_count for c in held]
+            cpu0, t0 = _proc_cpu(pid), time.monotonic()
+            n0 = len(refusals)
+            task = asyncio.create_task(hammer()) if refusing else None
+            await asyncio.sleep(seconds)
+            stop.set()
+            if task is not None:
+                await task
+            span = time.monotonic() - t0
+            cpu1 = _proc_cpu(pid)
+            after = await server_stats()
+            fps = [(c.video_count - k) / span for c, k in zip(held, counts0, strict=True)]
+            sent = sum(a["frames_sent"] - b["frames_sent"] for a, b in zip(after, before, strict=True))
+            drops = sum(a["frames_dropped"] - b["frames_dropped"] for a, b in zip(after, before, strict=True))
+            return {
+                "seconds": round(span, 1),
+                "offers_refused": len(refusals) - n0,
+                "held_fps_client": [round(f, 2) for f in fps],
+                "held_fps_median": round(float(np.median(fps)), 2) if fps else None,
+                "held_fps_min": round(float(np.min(fps)), 2) if fps else None,
+                # repeats of the last frame plus frames skipped to catch up, per session-second
+                "server_drops_per_session_s": round(drops / span / max(1, len(held)), 2),
+                "server_frames_sent_per_session_s": round(sent / span / max(1, len(held)), 2),
+                "server_cpu_pct": round(100.0 * (cpu1 - cpu0) / span, 1),
+            }
+
+        rss0 = rss_mb(pid)
+        # Alternate quiet and refusing windows so background load on a shared machine hits both alike.
+        windows = []
+        for k in range(args.windows):
+            refusing = k % 2 == 1
+            windows.append(
+                {"refusing": refusing, **await window(args.hold / args.windows, refusing=refusing)}
+            )
         rss1 = rss_mb(pid)
         for c in held:
             await c.close()
-    span = t1 - t0
-    fps = [(b - a) / span for a, b in zip(counts0, counts1, strict=True)]
-    sent = [a["frames_sent"] - b["frames_sent"] for a, b in zip(after, before, strict=True)]
-    dropped = [a["frames_dropped"] - b["frames_dropped"] for a, b in zip(after, before, strict=True)]
     ok_503 = sum(1 for s, ra in refusals if s == 503 and ra)
     return {
         "max_sessions": args.max_sessions,
@@ -141,19 +162,27 @@ async def run_load(args: argparse.Namespace, url: str, pid: int, pcm: np.ndarray
         "attempts": attempts,
         "sessions_held": len(held),
         "ramp_rejected_503": sum(1 for a in attempts if a["status"] == 503),
-        "hold_seconds": round(span, 1),
-        "hold_offers_refused": len(refusals),
-        "hold_refusals_503_with_retry_after": ok_503,
-        "hold_other_statuses": sorted({s for s, _ in refusals if s != 503}),
-        "held_fps_client": [round(f, 2) for f in fps],
-        "held_fps_median": round(float(np.median(fps)), 2) if fps else None,
-        "held_fps_min": round(float(np.min(fps)), 2) if fps else None,
-        "server_frames_sent_hold": sent,
-        "server_frames_dropped_hold": dropped,
-        "server_drop_ratio": round(sum(dropped) / max(1, sum(sent) + sum(dropped)), 4),
-        "server_cpu_pct": round(100.0 * (cpu1 - cpu0) / span, 1),
+        "refusals_503_with_retry_after": ok_503,
+        "refusals_other_statuses": sorted({s for s, _ in refusals if s != 503}),
+        "windows": windows,
+        "quiet_fps_median": _median([f for w in windows if not w["refusing"] for f in w["held_fps_client"]]),
+        "refusing_fps_median": _median([f for w in windows if w["refusing"] for f in w["held_fps_client"]]),
+        "quiet_drops_per_session_s": _mean(
+            [w["server_drops_per_session_s"] for w in windows if not w["refusing"]]
+        ),
+        "refusing_drops_per_session_s": _mean(
+            [w["server_drops_per_session_s"] for w in windows if w["refusing"]]
+        ),
         "server_rss_mb_start_end": [round(rss0, 1), round(rss1, 1)],
     }
+
+
+def _median(xs: list[float]) -> float | None:
+    return round(float(np.median(xs)), 2) if xs else None
+
+
+def _mean(xs: list[float]) -> float | None:
+    return round(float(np.mean(xs)), 2) if xs else None
 
 
 def run_fuzz(examples: int, report: Path) -> dict[str, Any]:
@@ -199,6 +228,7 @@ def cli_main(argv: list[str]) -> int:
     parser.add_argument(
         "--hammer-every", type=float, default=0.5, help="s between refused offers in the hold"
     )
+    parser.add_argument("--windows", type=int, default=4, help="alternating quiet/refusing windows in --hold")
     parser.add_argument("--resolution", type=int, default=512)
     parser.add_argument("--fuzz", type=int, default=0, help="run the HTTP fuzz suite with N examples instead")
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
