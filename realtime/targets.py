@@ -103,17 +103,18 @@ VISEMES: dict[str, tuple[float, ...]] = {
     "r": _viseme(jaw=0.15, funnel=0.3, pucker=0.3, upper=0.05),
     "w": _viseme(jaw=0.08, funnel=0.35, pucker=0.85),
     "y": _viseme(jaw=0.1, smile=0.3, stretch=0.25, lower=0.05),
-    # vowels
+    # vowels: even close vowels part the lips visibly (aperture >= ~0.23), so that /i/ and /u/ never
+    # look like a bilabial closure
     "aa": _viseme(jaw=0.65, lower=0.35, upper=0.15),
     "ae": _viseme(jaw=0.5, smile=0.15, stretch=0.3, lower=0.35, upper=0.2),
     "ah": _viseme(jaw=0.45, lower=0.25, upper=0.1),
     "ao": _viseme(jaw=0.5, funnel=0.45, pucker=0.2, lower=0.25),
     "eh": _viseme(jaw=0.35, smile=0.1, stretch=0.2, lower=0.25, upper=0.1),
-    "er": _viseme(jaw=0.2, funnel=0.35, pucker=0.3, lower=0.08),
-    "ih": _viseme(jaw=0.25, smile=0.25, stretch=0.2, lower=0.15),
-    "iy": _viseme(jaw=0.15, smile=0.45, stretch=0.35, lower=0.1, upper=0.1),
-    "uh": _viseme(jaw=0.25, funnel=0.35, pucker=0.4, lower=0.1),
-    "uw": _viseme(jaw=0.15, funnel=0.4, pucker=0.8),
+    "er": _viseme(jaw=0.24, funnel=0.35, pucker=0.3, lower=0.12),
+    "ih": _viseme(jaw=0.25, smile=0.25, stretch=0.2, lower=0.2),
+    "iy": _viseme(jaw=0.18, smile=0.45, stretch=0.35, lower=0.2, upper=0.15),
+    "uh": _viseme(jaw=0.25, funnel=0.35, pucker=0.4, lower=0.15),
+    "uw": _viseme(jaw=0.2, funnel=0.4, pucker=0.8, lower=0.1),
     "ow": _viseme(jaw=0.35, funnel=0.55, pucker=0.5, lower=0.15),
 }
 # Diphthongs: (first target, second target), each held for half of the segment.
