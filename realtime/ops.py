@@ -46,6 +46,9 @@ OPEN_PREFIXES = ("/static/", "/output/")
 # Session creation is what the per-client rate limit guards (each one costs a model stream + encoder).
 RATE_LIMITED = frozenset({("POST", "/offer"), ("POST", "/sessions")})
 
+# Multipart uploads, streamed part by part by their handlers.
+UPLOADS = frozenset({("POST", "/api/avatars"), ("POST", "/api/sonic/generate")})
+
 MAX_SDP_BYTES = 64 * 1024
 MAX_PATH_SEGMENT = 255  # NAME_MAX on Linux
 # The JSON around the SDP (avatar, params, escaping) gets generous room, but stays small.
@@ -335,6 +338,16 @@ def make_limits_middleware(config: Config) -> Any:
             # Longer than any file name or id we issue; the OS would refuse it (ENAMETOOLONG) anyway.
             return _reject("path", request, 414, f"path segment longer than {MAX_PATH_SEGMENT} characters")
         length = request.content_length
+        if (
+            length is None
+            and (request.method, request.path) in UPLOADS
+            and "chunked" in request.headers.get("Transfer-Encoding", "").lower()
+        ):
+            # Handlers stream multipart parts, which client_max_size does not bound; a declared length
+            # lets the check below bound the whole upload. Browsers, curl and aiohttp all send one.
+            return _reject(
+                "body_size", request, 411, "uploads need a Content-Length header (no chunked bodies)"
+            )
         if length is not None and length > max_body:
             # Refuse before reading: handlers that stream multipart would not see client_max_size.
             return _reject("body_size", request, 413, f"request body larger than {max_body} bytes")

@@ -206,3 +206,22 @@ async def test_offline_config_ranges(make_client):
         resp = await client.post("/api/sonic/generate", data=body, headers={"Content-Type": ctype})
         assert resp.status == 400, config
         assert (await resp.json())["success"] is False
+
+
+async def test_chunked_uploads_need_a_length(make_client):
+    """Multipart handlers stream parts (client_max_size does not apply), so uploads must declare a size."""
+    client = await make_client()
+
+    async def body():
+        yield b'--b\r\nContent-Disposition: form-data; name="expand_ratio"\r\n\r\n'
+        for _ in range(4):
+            yield b"0" * 1000
+
+    for path in ("/api/avatars", "/api/sonic/generate"):
+        resp = await client.post(
+            path, data=body(), headers={"Content-Type": "multipart/form-data; boundary=b"}
+        )
+        assert resp.status == 411 and resp.content_type == "application/json", path
+    # Non-upload routes still accept chunked bodies (and answer on their merits).
+    resp = await client.post("/offer", data=body(), headers={"Content-Type": "application/json"})
+    assert resp.status == 400
