@@ -517,9 +517,14 @@ class LiveSession:
         idle = self.server.session_idle_timeout
         fps_mark: tuple[float, int] | None = None
         rtcp_checked = 0.0
+        woke = time.monotonic()
         while True:
             await asyncio.sleep(0.25)
             now = time.monotonic()
+            if now - woke > 1.0:
+                # this process was not running for a while: the peer's silence is not evidence
+                self._last_seen = max(self._last_seen, now)
+            woke = now
             if self.video.first_sent_at is not None:
                 if fps_mark is None:
                     fps_mark = (now, self.video.sent - self.video.dropped)

@@ -214,10 +214,10 @@ def analyse(client: Any, onsets: list[float], fps: int, meter: MouthMeter) -> di
     }
 
 
-def _audio_delay_drift(client: Any, window_s: float = 4.0) -> tuple[float | None, float | None]:
-    """Delay of the returned voice (send -> arrival, by cross-correlation) near the start and the end.
+def _audio_delays(client: Any, points: int = 8, window_s: float = 4.0) -> list[float | None]:
+    """Send -> arrival delay of the returned voice (cross-correlation) at ``points`` places in the run.
 
-    The lag is searched only within 0..1.5 s of the window's arrival time, because the input
+    The lag is searched only within 0..1.5 s of each window's arrival time, because the input
     repeats its words and a free search could match another repetition.
     """
     from realtime.tracks import AUDIO_RATE
@@ -227,9 +227,10 @@ def _audio_delay_drift(client: Any, window_s: float = 4.0) -> tuple[float | None
     window = int(window_s * AUDIO_RATE)
     base_pts = client.audio[0].pts
     out: list[float | None] = []
-    for lo in (AUDIO_RATE, len(got) - window - AUDIO_RATE):
+    starts = np.linspace(AUDIO_RATE, max(AUDIO_RATE, len(got) - window - AUDIO_RATE), points).astype(int)
+    for lo in starts:
         part = got[lo : lo + window]
-        if lo < 0 or len(part) < window or part.std() < 1e-3:
+        if len(part) < window or part.std() < 1e-3:
             out.append(None)
             continue
         frame = next(i for i, a in enumerate(client.audio) if a.pts - base_pts + len(a.pcm) > lo)
@@ -246,7 +247,15 @@ def _audio_delay_drift(client: Any, window_s: float = 4.0) -> tuple[float | None
         fine = range(max(0, k0 - 48), min(len(seg) - window, k0 + 48) + 1)
         k = max(fine, key=lambda j: float(np.dot(part, seg[j : j + window])))
         out.append(float(arrival - client.track.sent_at(lo_i + k)))
-    return out[0], out[1]
+    return out
+
+
+def _slope_per_min(samples: list[float], every_s: float, skip: int) -> float | None:
+    """Least-squares growth (MB per minute) of RSS samples taken every ``every_s``, after ``skip``."""
+    y = np.array(samples[skip:], dtype=np.float64)
+    if len(y) < 3:
+        return None
+    return round(float(np.polyfit(np.arange(len(y)) * every_s / 60.0, y, 1)[0]), 3)
 
 
 def _loadavg() -> list[str]:
@@ -318,11 +327,12 @@ async def measure(
         infos = []
         for c in clients:
             async with http.get(f"{url}/sessions/{c.session_id}") as r:
-                infos.append(await r.json())
+                # a session the server closed early (e.g. a starved client looked vanished) reports 404
+                infos.append(await r.json() if r.status == 200 else {"closed_early": True})
         for c in clients:
             await c.close()
     per = [analyse(c, onsets, args.fps, meter) for c in clients]
-    drift = [_audio_delay_drift(c) for c in clients]
+    delays = [_audio_delays(c) for c in clients]
     lat = np.array([x for p in per for x in p["latency_mouth"]])
     av = np.array([x for p in per for x in p["av_offset"]])
     result.update(
@@ -330,21 +340,26 @@ async def measure(
             "cpu_per_session_pct": round(100.0 * (cpu1 - cpu0) / (t1 - t0) / max(args.sessions, 1), 1),
             "server_cpu_pct": round(100.0 * (cpu1 - cpu0) / (t1 - t0), 1),
             "fps_delivered": [round(p["fps"], 2) for p in per],
-            "frames_sent_server": [i["frames_sent"] for i in infos],
-            "frames_dropped_server": [i["frames_dropped"] for i in infos],
+            "sessions_closed_early": sum(1 for i in infos if i.get("closed_early")),
+            "frames_sent_server": [i.get("frames_sent") for i in infos],
+            "frames_dropped_server": [i.get("frames_dropped") for i in infos],
             "pts_gaps_client": [p["pts_gaps"] for p in per],
             "first_frame_after_answer_ms": [round(1000 * p["first_frame_s"], 1) for p in per],
             "latency_onsets": int(len(lat)),
             "latency_p50_ms": round(float(np.percentile(lat, 50)) * 1000, 1) if len(lat) else None,
             "latency_p95_ms": round(float(np.percentile(lat, 95)) * 1000, 1) if len(lat) else None,
             "server_latency_ms": [i.get("latency_ms") for i in infos],
-            "pipeline_delay_ms": infos[0]["pipeline_delay_ms"] if infos else None,
+            "pipeline_delay_ms": next(
+                (i["pipeline_delay_ms"] for i in infos if "pipeline_delay_ms" in i), None
+            ),
             "av_offset_p50_ms": round(float(np.median(av)) * 1000, 1) if len(av) else None,
-            "audio_delay_first_last_ms": [
-                [None if d is None else round(d * 1000, 1) for d in pair] for pair in drift
+            # the returned voice's send -> arrival delay at 8 evenly spaced points of each session
+            "audio_delay_ms_over_run": [
+                [None if d is None else round(d * 1000, 1) for d in ds] for ds in delays
             ],
             "rss_mb_start_end": [round(rss0, 1), rss[-1] if rss else None],
             "rss_mb_samples": rss,
+            "rss_mb_per_min_after_1min": _slope_per_min(rss, 10.0, skip=6),
             "loadavg_end": _loadavg(),
         }
     )
