@@ -478,6 +478,8 @@ def evaluate(
     backend: str = "auto",
     seed: int = 0,
     model: object | None = None,
+    dynamic_scale: float = 1.0,
+    steps: int | None = None,
 ) -> tuple[dict, dict[str, dict[str, _Collected]]]:
     """Score model, loudness baseline and oracle on ``split``; returns (report, signals).
 
@@ -499,12 +501,16 @@ def evaluate(
         else:
             from realtime.generator import MotionControls as controls_cls
             from realtime.generator import generate_motion as generate
-        controls = controls_cls(seed=seed)  # type: ignore[operator]
+        controls = controls_cls(  # type: ignore[operator]
+            seed=seed, dynamic_scale=dynamic_scale, inference_steps=steps
+        ).validated()
         model_info = {
             "path": str(model_dir) if model_dir is not None else None,
             "backend": getattr(model, "backend_name", None),
             "default_steps": getattr(model, "default_steps", None),
             "lookahead_ms": getattr(model, "lookahead_ms", None),
+            "dynamic_scale": dynamic_scale,
+            "inference_steps": steps,
         }
     thresholds: dict[str, float] = {}
     rule = "fixed"
@@ -655,6 +661,8 @@ def cli_main(argv: list[str]) -> int:
     parser.add_argument("--limit", type=int, default=None, help="at most N utterances per group")
     parser.add_argument("--val-limit", type=int, default=200, help="val utterances for the threshold")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--dynamic-scale", type=float, default=1.0, help="model control (0..2)")
+    parser.add_argument("--steps", type=int, default=None, help="sampler steps (default: the model's)")
     parser.add_argument("--plot", type=Path, default=None, help="write the figure here (PNG)")
     parser.add_argument("--json", type=Path, default=None, help="write the report here")
     args = parser.parse_args(argv)
@@ -668,6 +676,8 @@ def cli_main(argv: list[str]) -> int:
             val_limit=args.val_limit,
             backend=args.backend,
             seed=args.seed,
+            dynamic_scale=args.dynamic_scale,
+            steps=args.steps,
         )
     except (FileNotFoundError, ValueError, RuntimeError) as exc:
         print(f"avatar eval: {exc}", file=sys.stderr)
