@@ -13,6 +13,7 @@ Middlewares, outermost first:
 
 from __future__ import annotations
 
+import codecs
 import hmac
 import json
 import logging
@@ -337,6 +338,10 @@ def make_limits_middleware(config: Config) -> Any:
         if any(len(part) > MAX_PATH_SEGMENT for part in request.path.split("/")):
             # Longer than any file name or id we issue; the OS would refuse it (ENAMETOOLONG) anyway.
             return _reject("path", request, 414, f"path segment longer than {MAX_PATH_SEGMENT} characters")
+        charset = request.charset
+        if charset is not None and not _known_charset(charset):
+            # request.text()/json() would raise LookupError deep inside a handler (a 500).
+            return _reject("charset", request, 415, f"unsupported charset {charset[:40]!r} in Content-Type")
         length = request.content_length
         if (
             length is None
@@ -370,6 +375,14 @@ def make_limits_middleware(config: Config) -> Any:
         return await handler(request)
 
     return limits_middleware
+
+
+def _known_charset(name: str) -> bool:
+    try:
+        codecs.lookup(name)
+    except (LookupError, ValueError):
+        return False
+    return True
 
 
 async def _precheck_offer(request: web.Request) -> web.Response | None:

@@ -225,3 +225,16 @@ async def test_chunked_uploads_need_a_length(make_client):
     # Non-upload routes still accept chunked bodies (and answer on their merits).
     resp = await client.post("/offer", data=body(), headers={"Content-Type": "application/json"})
     assert resp.status == 400
+
+
+async def test_unknown_charset_is_415(make_client):
+    """request.json() would raise LookupError inside a handler; found by the 10k fuzz run on /offer."""
+    client = await make_client()
+    body = json.dumps({"sdp": AUDIO_OFFER, "type": "offer"}).encode()
+    for ctype in ("application/json; charset=bogus-charset", "text/plain; charset=x-nope"):
+        resp = await client.post("/offer", data=body, headers={"Content-Type": ctype})
+        assert resp.status == 415 and resp.content_type == "application/json", ctype
+    resp = await client.post(
+        "/offer", data=body, headers={"Content-Type": "application/json; charset=latin-1"}
+    )
+    assert resp.status != 415
