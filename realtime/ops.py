@@ -7,8 +7,9 @@ Middlewares, outermost first:
    refuses state-changing requests from origins that are neither allowed nor our own.
 3. ``errors``: every error becomes JSON; tracebacks are logged, never sent.
 4. ``auth``: optional bearer token on everything but the open routes.
-5. ``limits``: early 413 on ``Content-Length``, per-client rate limit on session
-   creation, and the ``/offer`` SDP pre-check.
+5. ``limits``: 414 on overlong path segments, 415 on an unknown charset, 411 on chunked
+   uploads, early 413 on ``Content-Length``, the per-client rate limit on session creation
+   (429), and the ``/offer`` SDP pre-check.
 """
 
 from __future__ import annotations
