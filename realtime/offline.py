@@ -303,8 +303,70 @@ def rgb_to_i420(rgb: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(rgb, cv2.COLOR_RGB2YUV_I420)
 
 
-def _render_chunk(render: Callable[[np.ndarray], np.ndarray], motion: np.ndarray) -> list[np.ndarray]:
-    return [rgb_to_i420(render(m)) for m in motion]
+class I420Converter:
+    """RGB frames of one renderer -> I420, converting only the renderer's animated region.
+
+    Outside ``renderer.roi`` every frame equals ``renderer.background`` (the renderer's
+    contract), so that part is converted once. The region is widened to even
+    coordinates, where 4:2:0 chroma blocks are whole, so the result is bit-identical to
+    converting the full frame. The first frame of every chunk is checked against the
+    contract; a renderer without ``roi``/``background``, or one that breaks it, gets
+    full-frame conversion.
+    """
+
+    def __init__(self, renderer: Any) -> None:
+        roi, background = getattr(renderer, "roi", None), getattr(renderer, "background", None)
+        self.box: tuple[int, int, int, int] | None = None
+        if roi is None or background is None:
+            return
+        height, width = background.shape[:2]
+        x0, y0, x1, y1 = (int(v) for v in roi)
+        x0, y0 = max(0, x0 - x0 % 2), max(0, y0 - y0 % 2)
+        x1, y1 = min(width, x1 + x1 % 2), min(height, y1 + y1 % 2)
+        if x1 <= x0 or y1 <= y0 or width % 2 or height % 2:
+            return
+        self.box = (x0, y0, x1, y1)
+        self._background = background
+        self._base = rgb_to_i420(np.ascontiguousarray(background))
+        self._lock = threading.Lock()
+
+    def _outside_matches(self, rgb: np.ndarray) -> bool:
+        assert self.box is not None
+        x0, y0, x1, y1 = self.box
+        probe = rgb.copy()
+        probe[y0:y1, x0:x1] = self._background[y0:y1, x0:x1]
+        return np.array_equal(probe, self._background)
+
+    def __call__(self, rgb: np.ndarray, check: bool = False) -> np.ndarray:
+        box = self.box
+        if box is not None and check and not self._outside_matches(rgb):
+            log.warning("renderer draws outside its roi; converting whole frames")
+            with self._lock:
+                self.box = box = None
+        if box is None:
+            return rgb_to_i420(rgb)
+        x0, y0, x1, y1 = box
+        height, width = rgb.shape[:2]
+        out = self._base.copy()
+        sub = cv2.cvtColor(np.ascontiguousarray(rgb[y0:y1, x0:x1]), cv2.COLOR_RGB2YUV_I420)
+        h, w = y1 - y0, x1 - x0
+        out[y0:y1, x0:x1] = sub[:h]
+        # Chroma planes, as flat views: U then V, each (height/2, width/2), after the luma.
+        flat, sflat = out.reshape(-1), sub.reshape(-1)
+        plane, splane = (height // 2) * (width // 2), (h // 2) * (w // 2)
+        for k in range(2):
+            dst = flat[height * width + k * plane : height * width + (k + 1) * plane].reshape(
+                height // 2, width // 2
+            )
+            src = sflat[h * w + k * splane : h * w + (k + 1) * splane].reshape(h // 2, w // 2)
+            dst[y0 // 2 : y1 // 2, x0 // 2 : x1 // 2] = src
+        return out
+
+
+def _render_chunk(
+    render: Callable[[np.ndarray], np.ndarray], convert: Callable[..., np.ndarray], motion: np.ndarray
+) -> list[np.ndarray]:
+    return [convert(render(m), check=(i == 0)) for i, m in enumerate(motion)]
 
 
 def _rechunk(blocks: Iterable[np.ndarray], size: int) -> Iterator[np.ndarray]:
@@ -332,6 +394,7 @@ def render_frames(
     *,
     workers: int,
     pixels: int = 0,
+    convert: Callable[..., np.ndarray] | None = None,
     cancel: threading.Event | None = None,
 ) -> Iterator[np.ndarray]:
     """I420 frames for each motion row, in order, rendered in chunks on ``executor``.
@@ -345,13 +408,14 @@ def render_frames(
     limit = max(1, workers * _INFLIGHT_PER_WORKER)
     size = max(1, round(_CHUNK * 512 * 512 / pixels)) if pixels else _CHUNK
     chunks = _rechunk([motion] if isinstance(motion, np.ndarray) else motion, size)
+    to_i420 = convert or (lambda rgb, check=False: rgb_to_i420(rgb))
     try:
         while True:
             while len(pending) < limit:
                 rows = next(chunks, None)
                 if rows is None:
                     break
-                pending.append(executor.submit(_render_chunk, render, rows))
+                pending.append(executor.submit(_render_chunk, render, to_i420, rows))
             if not pending:
                 return
             if cancel is not None and cancel.is_set():
@@ -507,6 +571,7 @@ def generate_video(
                 engine.executor,
                 workers=workers,
                 pixels=renderer.size[0] * renderer.size[1],
+                convert=I420Converter(renderer),
                 cancel=cancel,
             )
         ):
@@ -648,6 +713,11 @@ def cli_main(argv: list[str]) -> int:
     engine = Engine(config)
     failures = 0
     try:
+        try:
+            engine.motion_model  # load once up front, so per-file times are generation times  # noqa: B018
+        except (OSError, ValueError) as exc:
+            print(f"avatar generate: cannot load the motion model: {exc}", file=sys.stderr)
+            return 2
         for k, (image, audio, output) in enumerate(plan, 1):
             label = f"[{k}/{len(plan)}] {output.name}" if len(plan) > 1 else output.name
             bar = tqdm(total=100, desc=label, unit="%", disable=args.quiet, file=sys.stderr, leave=True)

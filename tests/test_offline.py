@@ -16,6 +16,7 @@ from realtime.motion import idx, neutral
 from realtime.offline import (
     Cancelled,
     GenerateParams,
+    I420Converter,
     Mp4Writer,
     ParamError,
     cli_main,
@@ -210,6 +211,26 @@ def _mouth_mask(engine, resolution: int) -> np.ndarray:
     mask = diff > 30
     assert mask.sum() > 20, "opening the jaw should change the picture"
     return mask
+
+
+def test_roi_conversion_is_bit_identical(engine) -> None:
+    """Converting only the animated region gives exactly the full-frame I420, or falls back."""
+    rng = np.random.default_rng(5)
+    for resolution in (256, 384):
+        renderer = engine.renderer(engine.avatar("default"), resolution)
+        convert = I420Converter(renderer)
+        assert convert.box is not None
+        for _ in range(4):
+            m = neutral()
+            m[:19] = rng.uniform(0, 1, 19)
+            m[19:] = rng.uniform(-5, 5, 3)
+            rgb = renderer.render(m)
+            np.testing.assert_array_equal(convert(rgb, check=True), rgb_to_i420(rgb))
+        # A renderer that breaks the contract (draws outside its roi) is caught and converted whole.
+        frame = renderer.render(neutral())
+        frame[-4:, :4] = 255 - frame[-4:, :4]
+        np.testing.assert_array_equal(convert(frame, check=True), rgb_to_i420(frame))
+        assert convert.box is None
 
 
 def test_generate_video_real_engine(engine, talk_clip, speech_16k: np.ndarray, tmp_path: Path) -> None:
