@@ -43,6 +43,8 @@ class LiveConfig:
     motion_scale: float = 1.0
     smooth_motion: float = 0.0
     align_mouth: float = 0.0
+    # Playout delay beyond the model's lookahead: audio arrival jitter + compute time (ms).
+    latency_margin_ms: float = 90.0
 
 
 @dataclass(frozen=True)

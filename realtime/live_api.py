@@ -123,6 +123,7 @@ async def offer(request: web.Request) -> web.Response:
             placeholder,
             session_id=session_id,
             on_closed=forget,
+            margin_ms=config.live.latency_margin_ms,
         )
         pc.on("track", session.add_input)
         pc.on("datachannel", session.add_channel)

@@ -189,6 +189,7 @@ class LiveSession:
         session_id: str | None = None,
         on_closed: Callable[[LiveSession], Awaitable[None] | None] | None = None,
         vanish_timeout: float = VANISH_TIMEOUT,
+        margin_ms: float = (ARRIVAL_MARGIN + COMPUTE_MARGIN) * 1000.0,
     ) -> None:
         from realtime.generator import MotionControls, MotionStream
 
@@ -218,7 +219,7 @@ class LiveSession:
         # chunk term, which only counts how long a sample between two frame times waits for one.
         chunk_ms = getattr(self.stream, "chunk_frames", 1) * 1000.0 / self.fps
         self.model_delay = max(0.0, float(self.stream.latency_ms) - chunk_ms) / 1000.0
-        self.delay = self.model_delay + ARRIVAL_MARGIN + COMPUTE_MARGIN
+        self.delay = self.model_delay + max(0.0, margin_ms) / 1000.0
         self.clock = PlayoutClock(t0=time.monotonic(), delay=self.delay)
         self.ingest = AudioIngest()
         self.vad = VoiceActivity()

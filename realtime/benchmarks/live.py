@@ -262,12 +262,16 @@ def _loadavg() -> list[str]:
     return Path("/proc/loadavg").read_text().split()[:3]
 
 
-def start_server(sessions: int, cache_dir: Path) -> tuple[subprocess.Popen, str]:
+def start_server(
+    sessions: int, cache_dir: Path, extra: tuple[str, ...] | list[str] = ()
+) -> tuple[subprocess.Popen, str]:
     """``avatar serve`` on a free loopback port, as its own process (its CPU is what we measure)."""
     port = _free_port()
     cmd = [sys.executable, "-m", "realtime.cli", "serve", "--host", "127.0.0.1", "--port", str(port)]
     cmd += ["--log-level", "WARNING", "--set", f"server.max_sessions={max(sessions, 1)}"]
     cmd += ["--set", "server.rate_limit_per_minute=1000", "--set", f"avatars.cache_dir={cache_dir}"]
+    for item in extra:
+        cmd += ["--set", item]
     return subprocess.Popen(cmd, cwd=ROOT), f"http://127.0.0.1:{port}"
 
 
@@ -374,13 +378,15 @@ def cli_main(argv: list[str]) -> int:
     parser.add_argument("--fps", type=int, default=25, choices=(25, 30))
     parser.add_argument("--resolution", type=int, default=512)
     parser.add_argument("--json", type=Path, default=None, help="also write the result here")
+    parser.add_argument("--margin-ms", type=float, default=None, help="live.latency_margin_ms for the server")
     args = parser.parse_args(argv)
     if args.sessions < 1 or args.seconds < 5:
         parser.error("--sessions must be >= 1 and --seconds >= 5")
     work = Path(tempfile.mkdtemp(prefix="bench-live-"))
     pcm, onsets = make_speech(args.seconds + 2, work)
     meter = MouthMeter(args.resolution, str(work / "avatars"), onsets)
-    server, url = start_server(args.sessions, work / "avatars")
+    extra = [] if args.margin_ms is None else [f"live.latency_margin_ms={args.margin_ms}"]
+    server, url = start_server(args.sessions, work / "avatars", extra)
     try:
         result = asyncio.run(measure(args, server, url, pcm, onsets, meter))
     finally:
