@@ -100,8 +100,10 @@ async def _wait_until(predicate, within: float, step: float = 0.05) -> float:
 
 
 def _pool_threads() -> int:
-    """Idle threads of asyncio's default executor: a bounded pool that keeps its threads, not a leak."""
-    return sum(1 for t in threading.enumerate() if t.name.startswith("asyncio_"))
+    """Threads of bounded executors (asyncio's default, the engine's inference pool): they start
+    lazily and then stay, so they may appear during the cycles without being a leak."""
+    pools = ("asyncio_", "inference_", "ThreadPoolExecutor-")
+    return sum(1 for t in threading.enumerate() if t.name.startswith(pools))
 
 
 def _resources() -> tuple[int, int]:
