@@ -150,5 +150,22 @@ async def test_browser_client_receives_avatar_video(
                     await asyncio.sleep(0.1)
                 async with http.get(f"{url}/sessions") as r:
                     assert (await r.json())["sessions"] == []
+
+                # OBS / kiosk mode: no UI at all, connects by itself
+                await page.call("Page.navigate", url=f"{url}/?mode=obs")
+                state = {}
+                deadline = time.monotonic() + 30
+                while time.monotonic() < deadline and state.get("framesDecoded", 0) <= 5:
+                    await asyncio.sleep(0.5)
+                    with contextlib.suppress(RuntimeError):
+                        state = json.loads(
+                            await page.evaluate("JSON.stringify(window.avatarState || {})") or "{}"
+                        )
+                assert state.get("state") == "connected" and state["framesDecoded"] > 5, state
+                ui = await page.evaluate(
+                    "[document.body.className, getComputedStyle(document.getElementById('panel')).display,"
+                    " getComputedStyle(document.getElementById('overlay')).display]"
+                )
+                assert "obs" in ui[0] and ui[1] == "none" and ui[2] == "none", ui
     finally:
         await server.close()
