@@ -240,7 +240,7 @@ class LiveSession:
         self._last_seen = time.monotonic()
         self._connected_at: float | None = None
         self._answered_at: float | None = None
-        self._frame_bytes = 0
+        self._has_audio_input = False
         # the rest pose, rendered by the caller off the event loop, shows until the first frame
         self.video = AvatarVideoTrack(
             self.clock, self.fps, self.frames, self._to_video_frame(placeholder), on_sent=self._on_frame_sent
@@ -272,7 +272,9 @@ class LiveSession:
     def add_input(self, track: MediaStreamTrack) -> None:
         """Consume an incoming track: audio feeds the pipeline; anything else is drained."""
         self.log.info("incoming %s track", track.kind)
-        if track.kind == "audio":
+        if track.kind == "audio" and not self._has_audio_input:
+            # one voice drives the avatar; a second audio track is drained so it cannot pile up
+            self._has_audio_input = True
             self._spawn(self._consume_audio(track), f"in-{track.kind}")
         else:
             self._spawn(self._drain(track), f"in-{track.kind}")
@@ -475,7 +477,8 @@ class LiveSession:
 
     # -- video out ------------------------------------------------------------
     def _on_frame_sent(self, n: int, ready: ReadyFrame | None, dropped: bool) -> None:
-        self.metrics.frames_sent.inc()
+        if n >= 0:  # n < 0: a frame skipped to catch up, never sent
+            self.metrics.frames_sent.inc()
         if dropped:
             self.metrics.frames_dropped.inc()
         if ready is None or n < 0:
