@@ -53,8 +53,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# A peer that sends nothing (no RTP, no RTCP, no data-channel message) this long is gone.
-VANISH_TIMEOUT = 5.0
+# A peer that sends nothing (no RTP, no RTCP, no data-channel message) this long is gone. Receiver
+# reports come every 0.5-1.5 s (aiortc) or ~1 s (Chrome), so 4 s is several missed in a row; with
+# the 0.25 s watchdog tick the peer is freed within 5 s.
+VANISH_TIMEOUT = 4.0
 # Input stalls longer than this are filled with silence on the wall clock (idle avatar).
 STALL = 0.15
 # How much of the stall the silence leaves unfilled, so resumed speech lands close to now.
@@ -243,7 +245,12 @@ class LiveSession:
         self._has_audio_input = False
         # the rest pose, rendered by the caller off the event loop, shows until the first frame
         self.video = AvatarVideoTrack(
-            self.clock, self.fps, self.frames, self._to_video_frame(placeholder), on_sent=self._on_frame_sent
+            self.clock,
+            self.fps,
+            self.frames,
+            self._to_video_frame(placeholder),
+            on_sent=self._on_frame_sent,
+            on_encoded=self.metrics.encode_seconds.observe,
         )
         self.audio = AvatarAudioTrack(self.clock, self.ring)
 

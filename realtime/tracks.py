@@ -151,7 +151,8 @@ class AvatarVideoTrack(MediaStreamTrack):
     """The avatar video: frame n (pts n*90000/fps) leaves at ``clock.wall(n / fps)``.
 
     ``placeholder`` is shown until the first rendered frame exists (never black).
-    ``on_sent(index, ready_frame, repeated)`` is called for every frame handed to aiortc.
+    ``on_sent(index, ready_frame, repeated)`` is called for every frame handed to aiortc;
+    ``on_encoded(seconds)`` with the time aiortc's sender spent encoding and sending the previous one.
     """
 
     kind = "video"
@@ -165,6 +166,7 @@ class AvatarVideoTrack(MediaStreamTrack):
         *,
         grace: float | None = None,
         on_sent: Callable[[int, ReadyFrame | None, bool], None] | None = None,
+        on_encoded: Callable[[float], None] | None = None,
     ) -> None:
         super().__init__()
         self.clock = clock
@@ -173,6 +175,8 @@ class AvatarVideoTrack(MediaStreamTrack):
         self._last = placeholder
         self._grace = (0.4 / fps) if grace is None else grace
         self._on_sent = on_sent
+        self._on_encoded = on_encoded
+        self._returned_at: float | None = None
         self._next: int | None = None
         self.sent = 0
         self.dropped = 0
@@ -183,14 +187,19 @@ class AvatarVideoTrack(MediaStreamTrack):
     async def recv(self) -> VideoFrame:
         if self.readyState != "live":
             raise MediaStreamError
+        if self._returned_at is not None and self._on_encoded is not None:
+            # aiortc's sender encodes and sends the previous frame between our return and this call
+            self._on_encoded(time.monotonic() - self._returned_at)
         try:
-            return await self._recv()
+            frame = await self._recv()
         except asyncio.CancelledError:
             raise
         except Exception:  # never let an error freeze the video: repeat the last frame
             log.exception("video track: error producing a frame; repeating the last one")
             self.dropped += 1
-            return self._last
+            frame = self._last
+        self._returned_at = time.monotonic()
+        return frame
 
     async def _recv(self) -> VideoFrame:
         now = time.monotonic()
