@@ -207,7 +207,8 @@ def run_fuzz(examples: int, report: Path) -> dict[str, Any]:
         "timeout=0",
     ]
     t0 = time.monotonic()
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+    # errors="replace": the suite's output echoes hostile bytes (it fuzzes with them)
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, errors="replace")
     out: dict[str, Any] = {
         "examples_requested": examples,
         "pytest_exit_code": proc.returncode,
