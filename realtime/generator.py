@@ -409,7 +409,7 @@ class MotionStream:
         fps: int = 25,
         controls: MotionControls = MotionControls(),  # noqa: B008 - frozen dataclass
         *,
-        chunk_frames: int = 1,
+        chunk_frames: int | None = None,
     ) -> None:
         if (
             isinstance(fps, bool)
@@ -417,6 +417,8 @@ class MotionStream:
             or not FPS_RANGE[0] <= fps <= FPS_RANGE[1]
         ):
             raise ValueError(f"fps must be an integer in {FPS_RANGE[0]}..{FPS_RANGE[1]}, got {fps!r}")
+        if chunk_frames is None:
+            chunk_frames = min(int(model.config.stream_chunk_frames), max(1, int(0.08 * fps)))
         if not isinstance(chunk_frames, int) or not 1 <= chunk_frames <= max(1, int(0.08 * fps)):
             raise ValueError(
                 f"chunk_frames must be 1..{max(1, int(0.08 * fps))} (<= 80 ms), got {chunk_frames!r}"

@@ -42,6 +42,7 @@ class MotionConfig:
     context_frames: int = 8  # known frames kept in the streaming window
     max_new_frames: int = 32  # frames generated per window offline (training covers 1..this)
     default_steps: int = 4
+    stream_chunk_frames: int = 1  # frames per streaming chunk (MotionStream's default)
     # Initial-noise scale of the mouth channels. The mouth targets are a deterministic function of
     # the phones, so sampling them at full temperature only adds jitter (measured: ROC AUC of
     # vowel-vs-p/b/m aperture on real speech 0.88 at 1.0 vs 0.91-0.92 at 0..0.5, 4 steps).

@@ -17,6 +17,9 @@ Objective
     ``n`` new frames (1-2 half the time, as when streaming; up to ``max_new_frames`` otherwise, as
     offline). With probability 0.1 a window gets the null-audio embedding and a mouth at rest
     (classifier-free guidance with a "silent" unconditional branch, see :mod:`realtime.generator`).
+    Context frames get Gaussian noise (std up to 0.3 normalised units) in half of the windows:
+    when streaming, the context is the model's own output, and a model trained only on clean
+    context drifts (exposure bias; measured: head pose ran away in 1-frame streaming without it).
     AdamW, warm-up then cosine decay, EMA of the weights (the EMA weights are shipped).
 
 Reproduce the shipped weights (2-core CPU, see models/motion/MODEL_CARD.md)::
@@ -48,6 +51,7 @@ N_DRAWS = 3
 NULL_AUDIO_P = 0.1
 SILENCE_P = 0.06
 MOUTH_WEIGHT = 2.0
+CTX_NOISE = 0.3  # max std (normalised units) of the noise added to context frames, half of the batches
 
 
 @dataclass
@@ -329,6 +333,7 @@ def train(
         c: int,
         t: torch.Tensor,
         noise: torch.Tensor,
+        ctx_noise: bool = False,
     ) -> torch.Tensor:
         x1 = model.normalize(torch.from_numpy(motion))
         audio = model.encode_audio(torch.from_numpy(windows))
@@ -337,7 +342,11 @@ def train(
         mask = torch.zeros(x1.shape[0], x1.shape[1], 1)
         mask[:, :c] = 1.0
         xt, v = interpolate(noise, x1, t)
-        pred = model(xt, t, x1, mask, audio)
+        ctx = x1
+        if ctx_noise:  # context frames come from the model when streaming: make it robust to their errors
+            sigma = CTX_NOISE * torch.rand(x1.shape[0], 1, 1) * (torch.rand(x1.shape[0], 1, 1) < 0.5)
+            ctx = x1 + sigma * torch.randn_like(x1) * mask
+        pred = model(xt, t, ctx, mask, audio)
         err = ((pred - v) ** 2 * weights)[:, c:]
         return err.mean()
 
@@ -367,7 +376,7 @@ def train(
         t = torch.rand(batch_size)
         noise = torch.randn(motion.shape)
         net.train()
-        loss = loss_of(net, motion, windows, null, c, t, noise)
+        loss = loss_of(net, motion, windows, null, c, t, noise, ctx_noise=True)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
@@ -507,6 +516,7 @@ def write_model_card(out: Path, eval_summary: str = "") -> Path:
     """``MODEL_CARD.md`` from ``config.json`` (data, command, training figures) plus evaluation text."""
     meta = json.loads((out / "config.json").read_text())
     cfg, tr = meta["config"], meta["training"]
+    chunk = int(cfg.get("stream_chunk_frames", 1))
     size_mb = (
         sum(p.stat().st_size for p in out.iterdir() if p.is_file() and p.name != "MODEL_CARD.md") / 2**20
     )
@@ -522,11 +532,14 @@ talking avatar. A few-step flow-matching denoiser over a sliding window of motio
   (hidden {cfg["hidden"]}, kernel {cfg["kernel"]}, FiLM on the flow time), a learned null-audio embedding.
 - Parameters: {tr["parameters"]:,}. Files: `motion.pt` (torch state dict), `audio_encoder.onnx` +
   `denoiser.onnx` (opset 17), `config.json`, `loss.png`, `loss_history.json`; {size_mb:.1f} MB in all.
-- Lookahead: {cfg["lookahead_ms"]} ms. Streaming chunk: 1 frame (40 ms at 25 fps, 33 ms at 30 fps);
-  `latency_ms` = {1000 / 25 + cfg["lookahead_ms"]:.0f} at 25 fps ({1000 / 30 + cfg["lookahead_ms"]:.1f} at 30 fps).
+- Lookahead: {cfg["lookahead_ms"]} ms. Streaming chunk: {chunk} frame(s) ({chunk * 40} ms at 25 fps,
+  {chunk * 33.3:.0f} ms at 30 fps); `latency_ms` = {chunk * 1000 / 25 + cfg["lookahead_ms"]:.0f} at 25 fps
+  ({chunk * 1000 / 30 + cfg["lookahead_ms"]:.1f} at 30 fps).
 - Context: the last {cfg["context_frames"]} emitted frames (inpainted). Offline windows: {cfg["max_new_frames"]} new frames.
 - Sampler: Euler on the rectified-flow ODE, default {cfg["default_steps"]} steps (1..8 allowed).
   `dynamic_scale` is classifier-free guidance on the mouth channels against the null-audio branch.
+  Mouth-channel initial noise is scaled by {cfg.get("mouth_temperature", 0.3)} (mouth targets are deterministic
+  given the phones; full-temperature mouth noise only adds jitter).
 - ONNX parity (max abs diff torch vs onnxruntime): {tr.get("onnx_parity_max_abs")}.
 
 ## Data
