@@ -244,28 +244,19 @@ async def test_shutdown_with_live_sessions_is_clean(serve, caplog):
             await c.close()
 
 
-# -- defects found in the live path, kept visible (strict xfail: turns red once fixed, to drop the mark) --
+# -- regressions for two defects found here and fixed in the live path (f7f3e82) --
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="DEFECT (realtime/session.py): VANISH_TIMEOUT = 5.0 s plus the 0.25 s watchdog tick frees a "
-    "vanished peer after 5.04-5.35 s (avatar bench cycles), over the 5 s requirement; "
-    "VANISH_TIMEOUT <= 4.7 would meet it",
-)
 def test_vanish_budget_fits_five_seconds():
+    """A vanished peer must be freed within 5 s: the timeout plus one watchdog tick plus the close."""
     from realtime import session
 
     watchdog_tick, close_time = 0.25, 0.05  # the watchdog's poll period; measured close ~20-50 ms
     assert session.VANISH_TIMEOUT + watchdog_tick + close_time <= 5.0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="DEFECT (realtime/session.py / tracks.py): nothing records avatar_encode_seconds "
-    "(VP8 encoding happens inside aiortc's sender), so the encode-time histogram stays empty",
-)
 async def test_encode_time_is_recorded(serve):
+    """``avatar_encode_seconds`` on /metrics is fed by the live video path."""
     url, app, _ = await serve()
     client = import_test_client()(url, SILENCE, 16000, keep_video=False)
     try:
