@@ -19,9 +19,10 @@ Stability
 
 Controls (applied after generation, per stream, causally)
     * ``dynamic_scale`` s: classifier-free guidance on the 14 mouth channels,
-      ``v = v_null + s (v_audio - v_null)``; the null-audio embedding was trained on windows whose
-      mouth is at rest, so 0 gives a closed mouth, 1 the model, 2 exaggerated articulation.
-      At s = 1 the null pass is skipped.
+      ``v = v_null + w (v_audio - v_null)`` with ``w = s * guidance_scale`` (a model constant chosen
+      on validation data: the weight that makes the mouth open as far as the targets do); the
+      null-audio embedding was trained on windows whose mouth is at rest, so 0 gives a closed
+      mouth, 1 the calibrated model, 2 exaggerated articulation. At w = 1 the null pass is skipped.
     * ``motion_scale``: multiplies head pose, brows and blinks (then clipped).
     * ``smooth_motion`` m: a one-pole low-pass with time constant ``60 m`` ms on every channel; its
       group delay (the visual lag it adds) is at most ``60 m`` ms. It adds no emission delay.
@@ -273,7 +274,8 @@ class MotionModel:
         mask = np.zeros((1, c + n, 1), np.float32)
         mask[:, :c] = 1.0
         audio = audio[None].astype(np.float32)
-        guided = abs(dynamic_scale - 1.0) > 1e-6
+        weight = float(dynamic_scale) * float(self.config.guidance_scale)
+        guided = abs(weight - 1.0) > 1e-6
         if guided:
             null = np.broadcast_to(self.null_audio, audio.shape)
             audio = np.concatenate([audio, null]).astype(np.float32)
@@ -287,7 +289,7 @@ class MotionModel:
                 v = backend.velocity(xx, np.full(2, t, np.float32), ctx_full, mask, audio)
                 cond, null_v = v[:1], v[1:]
                 out = cond.copy()
-                out[..., MOUTH] = null_v[..., MOUTH] + dynamic_scale * (cond[..., MOUTH] - null_v[..., MOUTH])
+                out[..., MOUTH] = null_v[..., MOUTH] + weight * (cond[..., MOUTH] - null_v[..., MOUTH])
                 return out
             return backend.velocity(x, np.full(1, t, np.float32), ctx_full, mask, audio)
 

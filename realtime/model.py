@@ -43,6 +43,9 @@ class MotionConfig:
     max_new_frames: int = 32  # frames generated per window offline (training covers 1..this)
     default_steps: int = 4
     stream_chunk_frames: int = 1  # frames per streaming chunk (MotionStream's default)
+    # Classifier-free guidance weight on the mouth at dynamic_scale = 1 (weight = dynamic_scale x this).
+    # Chosen on validation data after training (see the model card); 1.0 = no guidance pass.
+    guidance_scale: float = 1.0
     # Initial-noise scale of the mouth channels. The mouth targets are a deterministic function of
     # the phones, so sampling them at full temperature only adds jitter (measured: ROC AUC of
     # vowel-vs-p/b/m aperture on real speech 0.88 at 1.0 vs 0.91-0.92 at 0..0.5, 4 steps).
