@@ -8,6 +8,7 @@ and swapped in only when complete (see :func:`publish`).
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import os
@@ -293,6 +294,7 @@ class _LazyAligner:
 
     def __init__(self) -> None:
         self._aligner: Aligner | None = None
+        self.available = importlib.util.find_spec("pocketsphinx") is not None
 
     def get(self) -> Aligner:
         if self._aligner is None:
@@ -325,7 +327,8 @@ def process(job: Job, speech: engines.Speech, out_dir: Path, aligner: _LazyAlign
     except UnknownPhoneError as exc:
         result.dropped = f"unknown phone: {exc.label!r} ({exc.source})"
         return result
-    if phones is None or (job.check and job.lang == "en"):
+    # Without pocketsphinx an engine's own timings are kept unchecked (utterances without timings can't be used).
+    if phones is None or (job.check and job.lang == "en" and aligner.available):
         words = text.words_for_alignment(job.text)
         try:
             aligned = aligner.get().align(pcm, words)

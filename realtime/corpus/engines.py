@@ -6,6 +6,7 @@ the engine's own labels (``None`` where the engine gives no timings); :mod:`real
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -109,10 +110,18 @@ def available(source: str) -> bool:
         return shutil.which("festival") is not None
     if source == "mbrola":
         return shutil.which("mbrola") is not None and shutil.which("espeak-ng") is not None
-    if source == "pico":
-        return shutil.which("pico2wave") is not None and Path("/usr/share/pico/lang").is_dir()
+    if source == "pico":  # no timings of its own: needs the aligner
+        return (
+            shutil.which("pico2wave") is not None
+            and Path("/usr/share/pico/lang").is_dir()
+            and importlib.util.find_spec("pocketsphinx") is not None
+        )
     if source == "allison":
-        return allison_dir() is not None
+        return (
+            allison_dir() is not None
+            and importlib.util.find_spec("G722") is not None
+            and importlib.util.find_spec("pocketsphinx") is not None
+        )
     if source == "festvox_ru":
         return (FESTVOX_RU / "lab").is_dir()
     raise ValueError(f"unknown source {source!r}")
