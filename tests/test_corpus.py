@@ -221,3 +221,21 @@ def test_augment_random_kinds_reproducible_and_validated() -> None:
         np.zeros(16000, np.float32), 16000, np.random.default_rng(0), kinds=["noise", "opus"]
     )
     assert np.isfinite(silent).all()
+
+
+def test_biased_voice_keeps_aligner_timings(tmp_path: Path) -> None:
+    if not engines.voice_available("mbrola", "us3"):
+        pytest.skip("mbrola us3 not installed")
+    assert ("mbrola", "us3") in corpus_build.ALIGNER_TIMED_VOICES
+    line = "Bob bought a maple boat by the pool."
+    job = Job("mbrola-us3-x", "mbrola", "us3", "mbrola-us3", "en", "test", line)
+    speech = engines.mbrola(line, "us3", tmp_path)
+    aligner = corpus_build._LazyAligner()
+    result = process(job, speech, tmp_path / "out", aligner)
+    assert result.dropped is None
+    kept = result.rows[0]["phones"]
+    duration = result.rows[0]["duration"]
+    aligned = clean_phones(aligner.get().align(speech.pcm, line.lower().strip(".").split()), duration)
+    assert kept == [list(seg) for seg in aligned]
+    own = clean_phones(corpus_build._normalize(speech.phones or [], "mbrola"), duration)
+    assert kept != [list(seg) for seg in own]
