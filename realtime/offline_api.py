@@ -243,7 +243,23 @@ async def generate(request: web.Request) -> web.Response:
             },
             status=202,
         )
-    await job.wait_done()
+    # Synchronous: wait, but give up the job if the client hangs up (nobody would get the video).
+    version = job.version
+    try:
+        while not job.done:
+            version = await job.wait_change(version, max_wait=1.0)
+            transport = request.transport
+            log.debug(
+                "job %s: transport %r closing=%s", job.id, transport, transport and transport.is_closing()
+            )
+            if not job.done and (transport is None or transport.is_closing()):
+                break
+    except asyncio.CancelledError:  # the server cancels handlers of vanished clients when so configured
+        queue.cancel(job.id)
+        raise
+    if not job.done:
+        queue.cancel(job.id)
+        log.info("job %s cancelled: the client went away", job.id)
     return _job_result(job)
 
 

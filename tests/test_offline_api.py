@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
 import threading
@@ -204,6 +205,39 @@ async def test_full_queue_answers_503(engine, short_speech: bytes, tmp_path: Pat
         await asyncio.wait_for(job.wait_done(), 30)
         assert job.status == "cancelled"
         assert leftovers(tmp_path) == []
+
+
+async def test_sync_job_is_cancelled_when_the_client_leaves(client: TestClient, short_speech: bytes) -> None:
+    queue = client.server.app[JOBS_KEY]
+    gate = threading.Event()
+    blocker = queue.submit(lambda progress, cancel: gate.wait(30))  # hold the worker: the job stays queued
+    try:
+        for _ in range(500):
+            if blocker.status == "running":
+                break
+            await asyncio.sleep(0.01)
+        cfg = json.dumps({"min_resolution": 256})
+        request = asyncio.create_task(
+            client.post("/api/sonic/generate", data=form(short_speech, AVATAR.read_bytes(), cfg))
+        )
+        for _ in range(500):
+            waiting = [j for j in queue._jobs.values() if j.status == "queued"]
+            if waiting:
+                break
+            await asyncio.sleep(0.01)
+        assert waiting, "the request never queued its job"
+        request.cancel()  # the client hangs up
+        with contextlib.suppress(asyncio.CancelledError):
+            await request
+        for _ in range(500):  # the server notices within a second
+            if waiting[0].cancel_event.is_set():
+                break
+            await asyncio.sleep(0.01)
+        assert waiting[0].cancel_event.is_set()
+    finally:
+        gate.set()
+    await asyncio.wait_for(waiting[0].wait_done(), 10)
+    assert waiting[0].status == "cancelled"
 
 
 def _blank_png() -> bytes:
