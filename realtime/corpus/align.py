@@ -25,6 +25,7 @@ class Aligner:
         from pocketsphinx import Decoder
 
         self._decoder = Decoder(samprate=16000, bestpath=False, loglevel="FATAL")
+        self._vocabulary: list[str] | None = None  # loaded on the first typo to repair
         self._wide: Any = None  # created on first need: default beams prune fast speech out of the word pass
 
     def _wide_decoder(self) -> Any:
@@ -40,14 +41,42 @@ class Aligner:
         return [w for w in words if self._decoder.lookup_word(w) is None]
 
     def add_compounds(self, words: list[str]) -> None:
-        """Teach the dictionary out-of-vocabulary compounds like "touchtone" = "touch" + "tone"."""
+        """Teach the dictionary out-of-vocabulary words it can spell from known ones.
+
+        Compounds ("touchtone" = "touch" + "tone"), short acronyms spelled as letters ("pbx"), and
+        transcript typos one close match away ("represenatives" -> "representatives").
+        """
         decoder = self._decoder
-        for word in set(self.oov(words)):
-            for cut in range(len(word) - 2, 1, -1):
-                head, tail = decoder.lookup_word(word[:cut]), decoder.lookup_word(word[cut:])
-                if head and tail:
-                    decoder.add_word(word, f"{head} {tail}", True)
-                    break
+        for word in sorted(set(self.oov(words))):
+            pron = self._compound(word) or self._acronym(word) or self._typo(word)
+            if pron:
+                decoder.add_word(word, pron, True)
+
+    def _compound(self, word: str) -> str | None:
+        lookup = self._decoder.lookup_word
+        for cut in range(len(word) - 2, 1, -1):
+            head, tail = lookup(word[:cut]), lookup(word[cut:])
+            if head and tail:
+                return f"{head} {tail}"
+        return None
+
+    def _acronym(self, word: str) -> str | None:
+        if not (1 < len(word) <= 4 and word.isalpha()):
+            return None
+        # cmudict's first entry for the letter "a" is the article (AH); as a letter it is EY.
+        letters = ["EY" if ch == "a" else self._decoder.lookup_word(ch) for ch in word]
+        return " ".join(letters) if all(letters) else None
+
+    def _typo(self, word: str) -> str | None:
+        import difflib
+
+        from realtime.corpus.text import load_vocabulary
+
+        if self._vocabulary is None:
+            self._vocabulary = sorted(w for w in load_vocabulary() if w.isalpha())
+        candidates = [w for w in self._vocabulary if abs(len(w) - len(word)) <= 2 and w[:1] == word[:1]]
+        match = difflib.get_close_matches(word, candidates, n=1, cutoff=0.85)
+        return self._decoder.lookup_word(match[0]) if match else None
 
     def align(self, pcm: np.ndarray, words: list[str]) -> Phones:
         """Phone segments ``[(phone, start_s, end_s)]`` in the shared inventory for 16 kHz int16 ``pcm``."""
