@@ -262,6 +262,13 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except (RequestPayloadError, HttpProcessingError) as exc:
         # The body could not be read as sent (bad gzip/deflate, broken chunking): the client's fault.
         return json_error(400, f"malformed request body: {_first_line(exc)}")
+    except LookupError as exc:
+        # Exactly LookupError (not KeyError/IndexError) is what codecs raise for an unknown
+        # charset, e.g. a multipart part's ``Content-Type: text/plain; charset=bogus``.
+        if type(exc) is LookupError and "encoding" in str(exc):
+            return json_error(415, f"unsupported charset: {_first_line(exc)}")
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return json_error(500, "internal server error")
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
         return json_error(500, "internal server error")

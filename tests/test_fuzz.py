@@ -102,6 +102,7 @@ CONTENT_TYPES = [
     ";;;",
 ]
 SAFE_TEXT = st.text(alphabet=string.ascii_letters + string.digits + "-_.~!*'()%:@&=+$,;", max_size=40)
+PART_TYPES = ["image/png", "audio/wav", "application/json", "text/plain", "x/y", "text/plain; charset=bogus"]
 BOUNDARY = "corpusboundary"
 HEADER_TEXT = st.text(alphabet=string.printable.strip("\r\n\x0b\x0c"), max_size=60)
 
@@ -221,8 +222,7 @@ def _multipart_body(draw: st.DrawFn) -> tuple[bytes, str]:
                 names,
                 _files() | config,
                 st.none() | st.sampled_from(hostile_names()) | st.sampled_from(["a.wav", "a.png", "a.mp3"]),
-                st.none()
-                | st.sampled_from(["image/png", "audio/wav", "application/json", "text/plain", "x/y"]),
+                st.none() | st.sampled_from(PART_TYPES),
             ),
             max_size=4,
         )
@@ -478,6 +478,10 @@ async def test_hostile_corpus(fuzz_engine: Engine, test_config: Config):
                 body=form(("audio", wav, "a.wav"), ("image", data, f"{name}.png")),
             )
         )
+    charset_part = _multipart([("expand_ratio", b"0.2", None, "text/plain; charset=bogus")], BOUNDARY)
+    reqs.append(Req("POST", "/api/avatars", mp, body=charset_part))
+    config_part = _multipart([("config", b"{}", None, "application/json; charset=bogus")], BOUNDARY)
+    reqs.append(Req("POST", "/api/sonic/generate", mp, body=config_part))
     bomb = decompression_bomb_png()  # ~140 KB on the wire, 144 Mpixel decoded
     reqs.append(Req("POST", "/api/avatars", mp, body=form(("image", bomb, "bomb.png"))))
     reqs.append(

@@ -238,3 +238,16 @@ async def test_unknown_charset_is_415(make_client):
     headers = {"Content-Type": "application/json; charset=latin-1"}
     resp = await client.post("/offer", data=video_only, headers=headers)
     assert resp.status == 400  # a known charset passes on to the SDP check
+
+
+async def test_unknown_charset_inside_a_multipart_part(make_client):
+    """``part.text()`` in live_api.upload_avatar raised LookupError (a 500); ops answers 415."""
+    client = await make_client()
+    body = (
+        b'--b\r\nContent-Disposition: form-data; name="expand_ratio"\r\n'
+        b"Content-Type: text/plain; charset=bogus\r\n\r\n0.2\r\n--b--\r\n"
+    )
+    resp = await client.post(
+        "/api/avatars", data=body, headers={"Content-Type": "multipart/form-data; boundary=b"}
+    )
+    assert resp.status == 415 and "charset" in (await resp.json())["error"]
