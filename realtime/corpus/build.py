@@ -18,7 +18,7 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -30,14 +30,13 @@ from realtime.phones import SILENCE, UnknownPhoneError, normalize_phone
 log = logging.getLogger("realtime.corpus")
 
 SOURCES = ("flite", "festival", "mbrola", "pico", "allison", "festvox_ru")
-LANG = {"flite": "en", "festival": "en", "mbrola": "en", "pico": "en", "allison": "en", "festvox_ru": "ru"}
 
 # Whole voices held out as the TTS test set (plus Allison, the real-speech test set).
 TEST_VOICES = frozenset({("flite", "kal16"), ("festival", "ked"), ("mbrola", "us3"), ("pico", "en-GB")})
 
 # Voices whose own timings are biased: MBROLA us3's diphone cut points put its audio 16-30 ms behind its
 # .pho boundaries (proportional to phone length; measured with `avatar bench corpus`, other voices are
-# within 5 ms). Their utterances are still checked, but the aligner's timings are the ones kept.
+# within 8 ms). Their utterances are still checked, but the aligner's timings are the ones kept.
 ALIGNER_TIMED_VOICES = frozenset({("mbrola", "us3")})
 
 MAX_BOUNDARY_ERROR_S = 0.040  # drop a TTS utterance whose median boundary error vs the aligner is above
@@ -459,7 +458,7 @@ def build(
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp_dir = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     tmp_dir.chmod(0o755)  # mkdtemp makes it private; the published corpus is shared
-    batches = _batches(job_list, max(1, jobs))
+    batches = _batches(job_list)
     results: list[Result] = []
     try:
         bar = tqdm(total=len(job_list), desc=f"corpus {size}", unit="utt", disable=not progress)
@@ -483,8 +482,8 @@ def build(
     return summary
 
 
-def _batches(jobs: list[Job], n_workers: int) -> list[list[Job]]:
-    # Small batches keep both workers busy to the end; the aligner (0.3 s to load) is shared per batch.
+def _batches(jobs: list[Job]) -> list[list[Job]]:
+    # Small batches keep every worker busy to the end; the aligner (0.3 s to load) is shared per batch.
     size = 6
     return [jobs[i : i + size] for i in range(0, len(jobs), size)]
 
@@ -576,14 +575,15 @@ def summary_json(summary: dict) -> str:
 
 
 __all__ = [
-    "Job",
-    "Result",
+    "ALIGNER_TIMED_VOICES",
     "SIZES",
     "SOURCES",
     "TEST_VOICES",
-    "asdict",
+    "Job",
+    "Result",
     "build",
     "clean_phones",
     "plan",
+    "process",
     "publish",
 ]
