@@ -289,3 +289,27 @@ def test_logs_carry_session_and_request_ids():
     assert record.ctx == "" and JsonFormatter().format(record)
     with pytest.raises(ValueError):
         make_handler("xml")
+
+
+def test_configure_logging_json_replaces_root_handlers(capsys):
+    from realtime.logs import configure_logging
+
+    root = logging.getLogger()
+    saved_handlers, saved_level = list(root.handlers), root.level
+    try:
+        configure_logging("info", "json")
+        assert len(root.handlers) == 1 and root.level == logging.INFO
+        token = bind_session("abc123")
+        logging.getLogger("realtime.test").info("json please")
+        from realtime.logs import SESSION_ID
+
+        SESSION_ID.reset(token)
+        line = capsys.readouterr().err.strip().splitlines()[-1]
+        record = json.loads(line)
+        assert record["msg"] == "json please" and record["session_id"] == "abc123"
+    finally:
+        for h in list(root.handlers):
+            root.removeHandler(h)
+        for h in saved_handlers:
+            root.addHandler(h)
+        root.setLevel(saved_level)
