@@ -235,7 +235,21 @@ def test_biased_voice_keeps_aligner_timings(tmp_path: Path) -> None:
     assert result.dropped is None
     kept = result.rows[0]["phones"]
     duration = result.rows[0]["duration"]
-    aligned = clean_phones(aligner.get().align(speech.pcm, line.lower().strip(".").split()), duration)
+    aligned = aligner.get().align(speech.pcm, line.lower().strip(".").split())
+    aligned = clean_phones(corpus_build.trim_silent_edges(aligned, speech.pcm), duration)
     assert kept == [list(seg) for seg in aligned]
     own = clean_phones(corpus_build._normalize(speech.phones or [], "mbrola"), duration)
     assert kept != [list(seg) for seg in own]
+
+
+def test_trim_silent_edges_gives_pauses_back() -> None:
+    t = np.arange(int(1.0 * 16000)) / 16000
+    pcm = np.where((t >= 0.2) & (t < 0.6), 8000 * np.sin(2 * np.pi * 200 * t), 0).astype(np.int16)
+    trimmed = corpus_build.trim_silent_edges([("sil", 0.0, 0.1), ("aa", 0.1, 0.9), ("sil", 0.9, 1.0)], pcm)
+    assert trimmed[1][0] == "aa"
+    assert abs(trimmed[1][1] - 0.2) <= 0.011 and abs(trimmed[1][2] - 0.6) <= 0.011
+    # A stop's closure is silent by nature: left alone.
+    kept = corpus_build.trim_silent_edges([("sil", 0.0, 0.1), ("p", 0.1, 0.25), ("aa", 0.25, 0.9)], pcm)
+    assert kept[1] == ("p", 0.1, 0.25)
+    cover = clean_phones(trimmed, 1.0)
+    assert cover[0] == ("sil", 0.0, trimmed[1][1]) and cover[-1][0] == "sil"

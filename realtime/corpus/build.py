@@ -261,6 +261,46 @@ def clean_phones(phones: Phones, duration: float) -> Phones:
     return [(p, round(float(s), 4), round(float(e), 4)) for p, s, e in merged]
 
 
+_NO_TRIM = frozenset({"p", "b", "t", "d", "k", "g", "ch", "jh"})  # stop closures are silent by nature
+
+
+def trim_silent_edges(
+    phones: Phones, pcm: np.ndarray, floor_db: float = -35.0, keep_s: float = 0.03
+) -> Phones:
+    """Give a phone's near-silent edge frames next to a pause back to the pause.
+
+    The forced aligner often absorbs a pause (or a phrase-final decay into silence) into the neighbouring
+    phone. Edge 10 ms frames quieter than ``floor_db`` relative to the utterance's RMS become ``sil`` when
+    that edge touches a pause or the utterance boundary; stops are left alone (their closure is silent).
+    """
+    x = pcm.astype(np.float32)
+    ref = float(np.sqrt(np.mean(x**2))) + 1e-9
+    hop = 160
+
+    def quiet(t: float) -> bool:
+        i = int(round(t * engines.SAMPLE_RATE))
+        frame = x[i : i + hop]
+        return frame.size == 0 or 20 * np.log10(float(np.sqrt(np.mean(frame**2))) / ref + 1e-9) < floor_db
+
+    out = [list(seg) for seg in phones]
+    for k, seg in enumerate(out):
+        phone, start, end = seg
+        if phone == SILENCE or phone in _NO_TRIM:
+            continue
+        if k + 1 == len(out) or out[k + 1][0] == SILENCE:
+            new_end = end
+            while new_end - 0.01 - start >= keep_s and quiet(new_end - 0.01):
+                new_end -= 0.01
+            seg[2] = round(new_end, 4)
+        if k == 0 or out[k - 1][0] == SILENCE:
+            new_start = start
+            while seg[2] - (new_start + 0.01) >= keep_s and quiet(new_start):
+                new_start += 0.01
+            seg[1] = round(new_start, 4)
+    # clean_phones() fills the gaps this opens with silence.
+    return [(p, s, e) for p, s, e in out]
+
+
 def _normalize(raw: list[tuple[str, float, float]], source: str) -> Phones:
     return [(normalize_phone(label, "mbrola" if source == "mbrola" else source), s, e) for label, s, e in raw]
 
@@ -335,7 +375,7 @@ def process(job: Job, speech: engines.Speech, out_dir: Path, aligner: _LazyAlign
             result.dropped = f"alignment failed: {exc}"
             return result
         if phones is None:
-            phones = aligned
+            phones = trim_silent_edges(aligned, pcm)
         else:
             check = compare_timings(phones, aligned)
             result.boundary_error_s = check.median_error_s
@@ -347,7 +387,7 @@ def process(job: Job, speech: engines.Speech, out_dir: Path, aligner: _LazyAlign
                 result.dropped = f"timing check: median boundary error {ms:.0f} ms > 40 ms"
                 return result
             if (job.source, job.voice) in ALIGNER_TIMED_VOICES:
-                phones = aligned
+                phones = trim_silent_edges(aligned, pcm)
     phones = clean_phones(phones, duration)
     if not any(p != SILENCE for p, _, _ in phones):
         result.dropped = "no speech phones"
