@@ -58,6 +58,7 @@ from realtime.features import (
 )
 from realtime.motion import (
     CHANNEL_INDEX,
+    CONTROL_RANGES,
     MOUTH_CHANNELS,
     N_CHANNELS,
     POSE_CHANNELS,
@@ -103,12 +104,8 @@ class MotionControls:
             raise ValueError(f"inference_steps must be an integer in 1..{MAX_STEPS}, got {steps!r}")
         if steps is not None and not 1 <= steps <= MAX_STEPS:
             raise ValueError(f"inference_steps must be in 1..{MAX_STEPS}, got {steps!r}")
-        for name, lo, hi in (
-            ("dynamic_scale", 0.0, 2.0),
-            ("motion_scale", 0.0, 2.0),
-            ("smooth_motion", 0.0, 1.0),
-            ("align_mouth", -200.0, 200.0),
-        ):
+        for name in ("dynamic_scale", "motion_scale", "smooth_motion", "align_mouth"):
+            lo, hi = CONTROL_RANGES[name]
             v = getattr(self, name)
             if (
                 isinstance(v, bool)
@@ -118,8 +115,13 @@ class MotionControls:
                 raise ValueError(f"{name} must be a number in {lo:g}..{hi:g}, got {v!r}")
             if not lo <= v <= hi:
                 raise ValueError(f"{name} must be in {lo:g}..{hi:g}, got {v!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int | np.integer) or self.seed < 0:
-            raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
+        seed_lo, seed_hi = CONTROL_RANGES["seed"]
+        if (
+            isinstance(self.seed, bool)
+            or not isinstance(self.seed, int | np.integer)
+            or not seed_lo <= self.seed <= seed_hi
+        ):
+            raise ValueError(f"seed must be an integer in {seed_lo}..{seed_hi}, got {self.seed!r}")
         return self
 
 

@@ -7,7 +7,9 @@ names means the same stream can drive 3D avatars (VRM, Live Link, three.js).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 
 import numpy as np
 
@@ -42,6 +44,20 @@ CHANNEL_INDEX: dict[str, int] = {name: i for i, name in enumerate(CHANNELS)}
 
 # Head pose is clipped to what a 2D warp of one photo can show convincingly.
 MAX_POSE_DEG = 12.0
+
+# The motion controls, with the seed API's names, and their allowed ranges (inclusive). The one
+# definition that the generator, the live session parameters, the offline config and the OpenAPI
+# description all check against.
+CONTROL_RANGES: Mapping[str, tuple[float, float]] = MappingProxyType(
+    {
+        "inference_steps": (1, 8),
+        "dynamic_scale": (0.0, 2.0),
+        "motion_scale": (0.0, 2.0),
+        "smooth_motion": (0.0, 1.0),
+        "align_mouth": (-200.0, 200.0),  # ms
+        "seed": (0, 2**32 - 1),
+    }
+)
 
 
 def idx(name: str) -> int:

@@ -31,6 +31,7 @@ from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 import av
@@ -38,6 +39,7 @@ import cv2
 import numpy as np
 
 from realtime.media import MODEL_RATE, AudioClip, MediaError, decode_audio, iter_source_audio, sniff_audio
+from realtime.motion import CONTROL_RANGES
 
 if TYPE_CHECKING:
     from realtime.avatar import AvatarBundle
@@ -112,16 +114,7 @@ class GenerateParams:
     fps: int = 25  # 25 or 30
     seed: int = 0
 
-    _RANGES = {
-        "min_resolution": (256, 1024),
-        "expand_ratio": (0.0, 0.5),
-        "inference_steps": (1, 8),
-        "dynamic_scale": (0.0, 2.0),
-        "motion_scale": (0.0, 2.0),
-        "align_mouth": (-200.0, 200.0),
-        "smooth_motion": (0.0, 1.0),
-        "seed": (0, 2**32 - 1),
-    }
+    _RANGES = MappingProxyType({"min_resolution": (256, 1024), "expand_ratio": (0.0, 0.5), **CONTROL_RANGES})
     _INTEGERS = frozenset({"min_resolution", "inference_steps", "fps", "seed"})
 
     @classmethod

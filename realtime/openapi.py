@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from realtime.config import Config
+from realtime.motion import CONTROL_RANGES
 
 JSON = "application/json"
 
@@ -38,14 +39,13 @@ RATE_LIMITED = _error("Too many session creations from this address", retry_afte
 
 def _controls_schema(extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """The motion controls with the seed API's names and ranges; unknown keys are refused (400)."""
+    integers = ("inference_steps", "seed")
     props: dict[str, Any] = {
-        "inference_steps": {"type": "integer", "minimum": 1, "maximum": 8},
-        "dynamic_scale": {"type": "number", "minimum": 0, "maximum": 2},
-        "motion_scale": {"type": "number", "minimum": 0, "maximum": 2},
-        "smooth_motion": {"type": "number", "minimum": 0, "maximum": 1},
-        "align_mouth": {"type": "number", "minimum": -200, "maximum": 200, "description": "ms"},
-        "fps": {"type": "integer", "enum": [25, 30]},
+        name: {"type": "integer" if name in integers else "number", "minimum": lo, "maximum": hi}
+        for name, (lo, hi) in CONTROL_RANGES.items()
     }
+    props["align_mouth"]["description"] = "ms"
+    props["fps"] = {"type": "integer", "enum": [25, 30]}
     props.update(extra or {})
     return {"type": "object", "additionalProperties": False, "properties": props}
 
@@ -54,7 +54,6 @@ def _live_params() -> dict[str, Any]:
     return _controls_schema(
         {
             "resolution": {"type": "integer", "minimum": 256, "maximum": 1024},
-            "seed": {"type": "integer", "minimum": 0, "maximum": 2**31 - 1},
             "avatar": {"type": "string", "minLength": 1, "maxLength": 128},
         }
     )
@@ -66,7 +65,6 @@ def _generate_config() -> dict[str, Any]:
             "duration": {"type": "number", "exclusiveMinimum": 0, "nullable": True},
             "min_resolution": {"type": "integer", "minimum": 256, "maximum": 1024},
             "expand_ratio": {"type": "number", "minimum": 0, "maximum": 0.5},
-            "seed": {"type": "integer", "minimum": 0, "maximum": 2**32 - 1},
         }
     )
 

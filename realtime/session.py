@@ -25,6 +25,7 @@ import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import asdict, dataclass, field
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -35,7 +36,7 @@ from av import VideoFrame
 from realtime.config import LiveConfig, ServerConfig
 from realtime.ingest import RATE, AudioChunk, AudioIngest, frame_to_mono
 from realtime.logs import bind_session, session_logger
-from realtime.motion import CHANNELS, MotionFrame
+from realtime.motion import CHANNELS, CONTROL_RANGES, MotionFrame
 from realtime.tracks import (
     AvatarAudioTrack,
     AvatarVideoTrack,
@@ -125,15 +126,7 @@ class SessionParams:
         return cls(**values)
 
 
-_RANGES: dict[str, tuple[float, float]] = {
-    "resolution": (256, 1024),
-    "inference_steps": (1, 8),
-    "dynamic_scale": (0.0, 2.0),
-    "motion_scale": (0.0, 2.0),
-    "smooth_motion": (0.0, 1.0),
-    "align_mouth": (-200.0, 200.0),
-    "seed": (0, 2**31 - 1),
-}
+_RANGES: Mapping[str, tuple[float, float]] = MappingProxyType({"resolution": (256, 1024), **CONTROL_RANGES})
 
 
 def _check(key: str, value: Any) -> Any:

@@ -40,3 +40,29 @@ def test_motion_frame_contract() -> None:
     frame = MotionFrame(index=3, values=clipped)
     assert set(frame.to_dict()) == set(CHANNELS)
     assert frame["jawOpen"] == 0.0
+
+
+def test_control_ranges_have_one_owner() -> None:
+    """Generator, live session params and offline config accept and refuse the same values."""
+    from realtime.config import LiveConfig
+    from realtime.generator import MotionControls
+    from realtime.motion import CONTROL_RANGES
+    from realtime.offline import GenerateParams
+    from realtime.offline import ParamError as OfflineError
+    from realtime.sampling import MAX_STEPS
+    from realtime.session import ParamError as LiveError
+    from realtime.session import SessionParams
+
+    assert CONTROL_RANGES["inference_steps"] == (1, MAX_STEPS)
+    for name, (lo, hi) in CONTROL_RANGES.items():
+        for ok in (lo, hi):
+            MotionControls(**{name: ok}).validated()
+            SessionParams.from_request({name: ok}, LiveConfig())
+            GenerateParams.from_mapping({name: ok})
+        bad = hi + 1
+        with pytest.raises(ValueError, match=name):
+            MotionControls(**{name: bad}).validated()
+        with pytest.raises(LiveError, match=name):
+            SessionParams.from_request({name: bad}, LiveConfig())
+        with pytest.raises(OfflineError, match=name):
+            GenerateParams.from_mapping({name: bad})
