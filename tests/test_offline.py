@@ -188,7 +188,12 @@ def test_motion_blocks_real_model_has_no_seams(engine, talk_clip) -> None:
     near = np.zeros(step.size, bool)
     for seam in range(2 * FPS, n, 2 * FPS):
         near[seam - FPS - 1 : seam + 1] = True  # the cross-fade and the frame after it
-    assert step[near].max() <= step[~near].max(), (step[near].max(), step[~near].max())
+    # Head motion is stochastic, so the single largest step lands near or away from a seam by chance
+    # (with 2 s blocks the seam regions are half the timeline). Compare the distributions instead,
+    # with the tolerance the generator's chunk-boundary test uses: a seam must not make steps larger.
+    for stat in (np.mean, lambda s: np.percentile(s, 95)):
+        at_seams, elsewhere = float(stat(step[near])), float(stat(step[~near]))
+        assert at_seams <= 1.3 * elsewhere + 0.005, (at_seams, elsewhere)
 
 
 # -- the real pipeline --------------------------------------------------------------------------------
