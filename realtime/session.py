@@ -24,7 +24,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
@@ -96,16 +96,8 @@ class SessionParams:
 
     @classmethod
     def defaults(cls, live: LiveConfig) -> SessionParams:
-        return cls(
-            avatar=live.avatar,
-            fps=live.fps,
-            resolution=live.resolution,
-            inference_steps=live.inference_steps,
-            dynamic_scale=live.dynamic_scale,
-            motion_scale=live.motion_scale,
-            smooth_motion=live.smooth_motion,
-            align_mouth=live.align_mouth,
-        )
+        """The ``[live]`` config's values for every parameter it sets (``seed`` has none)."""
+        return cls(**{f.name: getattr(live, f.name) for f in fields(cls) if hasattr(live, f.name)})
 
     @classmethod
     def from_request(cls, raw: Any, live: LiveConfig, avatar: Any = None) -> SessionParams:
