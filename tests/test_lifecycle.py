@@ -16,7 +16,6 @@ import dataclasses
 import gc
 import logging
 import os
-import sys
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -27,29 +26,19 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from realtime.app import METRICS_KEY, create_app
-from realtime.benchmarks._support import fd_count, import_test_client, thread_count, write_untrained_model
-from realtime.config import ROOT, Config, load_config
+from realtime.benchmarks._support import (
+    fd_count,
+    import_test_client,
+    start_vanishing_client,
+    thread_count,
+    write_untrained_model,
+)
+from realtime.config import Config, load_config
 from realtime.engine import Engine
 from realtime.live_api import SESSIONS_KEY
 
 CYCLES = int(os.environ.get("AVATAR_LIFECYCLE_CYCLES", "12"))
 SILENCE = np.zeros(16000, np.float32)
-
-VANISH_CLIENT = r"""
-import asyncio, sys
-import numpy as np
-sys.path.insert(0, sys.argv[2])
-from webrtc_client import AvatarClient
-
-async def main():
-    client = AvatarClient(sys.argv[1], np.zeros(16000, np.float32), 16000, keep_video=False)
-    await client.connect()
-    await client.wait_frames(5, within=60)
-    print("READY", client.session_id, flush=True)
-    await asyncio.sleep(3600)
-
-asyncio.run(main())
-"""
 
 
 @pytest.fixture(scope="module")
@@ -114,9 +103,7 @@ def _resources() -> tuple[int, int]:
 async def test_vanished_peer_is_freed(serve):
     url, app, _ = await serve()
     registry = app[SESSIONS_KEY]
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", VANISH_CLIENT, url, str(ROOT / "tests"), stdout=asyncio.subprocess.PIPE
-    )
+    proc = await start_vanishing_client(url)
     try:
         async with asyncio.timeout(90):
             line = (await proc.stdout.readline()).decode().split()

@@ -120,3 +120,40 @@ def import_test_client() -> type:
     from webrtc_client import AvatarClient
 
     return AvatarClient
+
+
+# A peer that vanishes: connects, prints "READY <session_id>" once frames flow, then hangs until
+# it is killed (SIGKILL, so it never closes its peer connection).
+VANISH_CLIENT = r"""
+import asyncio, sys
+import numpy as np
+sys.path.insert(0, sys.argv[2])
+from webrtc_client import AvatarClient
+
+async def main():
+    client = AvatarClient(sys.argv[1], np.zeros(16000, np.float32), 16000, keep_video=False)
+    await client.connect()
+    await client.wait_frames(5, within=60)
+    print("READY", client.session_id, flush=True)
+    await asyncio.sleep(3600)
+
+asyncio.run(main())
+"""
+
+
+async def start_vanishing_client(url: str) -> asyncio.subprocess.Process:
+    """Start the vanishing peer against ``url``; read its READY line from ``stdout``."""
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-c", VANISH_CLIENT, url, str(ROOT / "tests"), stdout=asyncio.subprocess.PIPE
+    )
+
+
+def write_result(result: dict[str, Any], out: Path | None) -> int:
+    """Add the load average, print the result as JSON and write it to ``out`` if given; exit code 0."""
+    result["loadavg"] = Path("/proc/loadavg").read_text().split()[:3]
+    text = json.dumps(result, indent=2)
+    print(text)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text + "\n")
+    return 0

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import subprocess
 import sys
 import tempfile
@@ -32,28 +31,13 @@ from realtime.benchmarks._support import (
     import_test_client,
     rss_mb,
     start_server,
+    start_vanishing_client,
     stop_server,
     thread_count,
     wait_ready,
+    write_result,
     write_untrained_model,
 )
-from realtime.config import ROOT
-
-VANISH_CLIENT = r"""
-import asyncio, sys
-import numpy as np
-sys.path.insert(0, sys.argv[2])
-from webrtc_client import AvatarClient
-
-async def main():
-    client = AvatarClient(sys.argv[1], np.zeros(16000, np.float32), 16000, keep_video=False)
-    await client.connect()
-    await client.wait_frames(5, within=60)
-    print("READY", client.session_id, flush=True)
-    await asyncio.sleep(3600)
-
-asyncio.run(main())
-"""
 
 
 def _probe(pid: int) -> dict[str, float]:
@@ -130,9 +114,7 @@ async def run_vanish(url: str, repeats: int) -> dict[str, Any]:
     times: list[float] = []
     async with aiohttp.ClientSession() as http:
         for _ in range(repeats):
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-c", VANISH_CLIENT, url, str(ROOT / "tests"), stdout=asyncio.subprocess.PIPE
-            )
+            proc = await start_vanishing_client(url)
             try:
                 async with asyncio.timeout(120):
                     line = (await proc.stdout.readline()).decode().split()
@@ -237,13 +219,7 @@ def cli_main(argv: list[str]) -> int:
                 )
             finally:
                 stop_server(cmd_server)
-    result["loadavg"] = Path("/proc/loadavg").read_text().split()[:3]
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
-    return 0
+    return write_result(result, args.out)
 
 
 def _start_logged(overrides: list[str], log_path: Path, env: dict[str, str]) -> tuple[subprocess.Popen, str]:

@@ -39,6 +39,7 @@ from realtime.benchmarks._support import (
     start_server,
     stop_server,
     wait_ready,
+    write_result,
     write_untrained_model,
 )
 from realtime.config import ROOT
@@ -259,10 +260,4 @@ def cli_main(argv: list[str]) -> int:
                 result["load"] = asyncio.run(run_load(args, url, server.pid, pcm))
             finally:
                 stop_server(server)
-    result["loadavg"] = Path("/proc/loadavg").read_text().split()[:3]
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
-    return 0
+    return write_result(result, args.out)
