@@ -63,22 +63,3 @@ def engine(tmp_path_factory: pytest.TempPathFactory):
     eng.warmup()
     yield eng
     eng.close()
-
-
-@pytest.fixture(scope="session")
-def live_engine(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
-    """``engine``; while no trained model exists, one around an untrained model of the same
-    architecture (same compute, meaningless motion) so transport tests can run. Checks of
-    motion quality must also require ``has_trained_model()``."""
-    from realtime.benchmarks._support import has_trained_model, write_untrained_model
-    from realtime.engine import Engine
-
-    if has_trained_model():
-        yield request.getfixturevalue("engine")
-        return
-    folder = write_untrained_model(tmp_path_factory.mktemp("untrained-motion"))
-    cache = tmp_path_factory.mktemp("avatar-cache-untrained")
-    eng = Engine(load_config(overrides=[f"model.path={folder}", f"avatars.cache_dir={cache}"], env={}))
-    eng.warmup()
-    yield eng
-    eng.close()

@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from corpus_bad import (
     VALID_OFFER,
@@ -36,8 +35,7 @@ from hypothesis import strategies as st
 from yarl import URL
 
 from realtime.app import create_app
-from realtime.benchmarks._support import write_untrained_model
-from realtime.config import Config, load_config
+from realtime.config import Config
 from realtime.engine import Engine
 
 EXAMPLES = int(os.environ.get("AVATAR_FUZZ_EXAMPLES", "300"))
@@ -304,26 +302,6 @@ def fuzz_config(config: Config) -> Config:
     return dataclasses.replace(config, server=server)
 
 
-@pytest.fixture(scope="module")
-def fuzz_engine(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
-    """The shared warm engine; with no trained model yet, one around an untrained model of the same
-    architecture (these checks are about input handling, not motion quality)."""
-    try:
-        yield request.getfixturevalue("engine")
-        return
-    except Exception:  # noqa: BLE001 - the trained model lands in parallel with this suite
-        pass
-    folder = write_untrained_model(tmp_path_factory.mktemp("untrained-motion"))
-    cache = tmp_path_factory.mktemp("fuzz-avatar-cache")
-    engine = Engine(load_config(overrides=[f"model.path={folder}", f"avatars.cache_dir={cache}"], env={}))
-    try:
-        engine.warmup()
-    except Exception:  # noqa: BLE001 - no pipeline at all: fuzz the HTTP layer with a cold engine
-        pass
-    yield engine
-    engine.close()
-
-
 async def _send(client: TestClient, req: Req, tally: Tally) -> None:
     # Built by hand rather than with client.request(), which refuses paths such as "//etc/passwd".
     url = URL(str(client.make_url("/")).rstrip("/") + req.path)
@@ -406,11 +384,11 @@ async def _start(config: Config, engine: Engine) -> TestClient:
     return client
 
 
-async def test_fuzz_http_requests(fuzz_engine: Engine, test_config: Config):
+async def test_fuzz_http_requests(engine: Engine, test_config: Config):
     """Hypothesis-generated requests over every route: no 5xx, JSON errors, still healthy."""
-    client = await _start(fuzz_config(test_config), fuzz_engine)
+    client = await _start(fuzz_config(test_config), engine)
     loop = asyncio.get_running_loop()
-    tally = Tally(pipeline=fuzz_engine.ready)
+    tally = Tally(pipeline=engine.ready)
 
     @settings(
         max_examples=EXAMPLES,
@@ -445,10 +423,10 @@ def _collecting(check: Any) -> Any:
     return run
 
 
-async def test_hostile_corpus(fuzz_engine: Engine, test_config: Config):
+async def test_hostile_corpus(engine: Engine, test_config: Config):
     """Every malformed SDP, corrupt file and hostile name against the endpoints that take them."""
-    client = await _start(fuzz_config(test_config), fuzz_engine)
-    tally = Tally(pipeline=fuzz_engine.ready)
+    client = await _start(fuzz_config(test_config), engine)
+    tally = Tally(pipeline=engine.ready)
     reqs: list[Req] = []
     for sdp in malformed_sdps().values():
         body = json.dumps({"sdp": sdp, "type": "offer"}).encode()

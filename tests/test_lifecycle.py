@@ -4,9 +4,6 @@
 - connect/disconnect cycles leave file descriptors and threads at their baseline;
 - at capacity, new offers get 503 + Retry-After and open sessions keep streaming;
 - shutdown with live sessions closes every peer without an error or traceback.
-
-When ``models/motion`` has no trained model yet, an untrained model of the same
-architecture stands in: these checks are about resources, not motion quality.
 """
 
 from __future__ import annotations
@@ -31,30 +28,13 @@ from realtime.benchmarks._support import (
     import_test_client,
     start_vanishing_client,
     thread_count,
-    write_untrained_model,
 )
-from realtime.config import Config, load_config
+from realtime.config import Config
 from realtime.engine import Engine
 from realtime.live_api import SESSIONS_KEY
 
 CYCLES = int(os.environ.get("AVATAR_LIFECYCLE_CYCLES", "12"))
 SILENCE = np.zeros(16000, np.float32)
-
-
-@pytest.fixture(scope="module")
-def live_engine(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
-    """The shared warm engine; with no trained model yet, one built around an untrained model."""
-    try:
-        yield request.getfixturevalue("engine")
-        return
-    except Exception:  # noqa: BLE001 - the trained model lands in parallel with this suite
-        pass
-    folder = write_untrained_model(tmp_path_factory.mktemp("untrained-motion"))
-    cache = tmp_path_factory.mktemp("avatar-cache-untrained")
-    engine = Engine(load_config(overrides=[f"model.path={folder}", f"avatars.cache_dir={cache}"], env={}))
-    engine.warmup()
-    yield engine
-    engine.close()
 
 
 def _config(test_config: Config, **server: object) -> Config:
@@ -63,12 +43,12 @@ def _config(test_config: Config, **server: object) -> Config:
 
 
 @pytest.fixture
-async def serve(live_engine: Engine, test_config: Config) -> AsyncIterator:
+async def serve(engine: Engine, test_config: Config) -> AsyncIterator:
     """Start the real app on loopback: ``await serve(**server_overrides) -> (url, app, server)``."""
     servers: list[TestServer] = []
 
     async def start(**server: object):
-        app = create_app(_config(test_config, **server), engine=live_engine)
+        app = create_app(_config(test_config, **server), engine=engine)
         srv = TestServer(app, host="127.0.0.1")
         await srv.start_server()
         servers.append(srv)

@@ -23,7 +23,6 @@ from conftest import read_wav
 from webrtc_client import AvatarClient
 
 from realtime.app import create_app
-from realtime.benchmarks._support import has_trained_model
 from realtime.benchmarks.live import match_motion
 from realtime.config import Config, load_config
 from realtime.motion import CHANNELS, MOUTH_CHANNELS, idx, neutral
@@ -71,18 +70,18 @@ async def _record(engine, config: Config, speech: np.ndarray, rate: int) -> Reco
 
 
 @pytest.fixture(scope="module")
-def rec(live_engine, speech_wav: Path, tmp_path_factory: pytest.TempPathFactory) -> Recording:
+def rec(engine, speech_wav: Path, tmp_path_factory: pytest.TempPathFactory) -> Recording:
     """One real loopback session with speech between silences, shared by the checks below."""
     tmp = tmp_path_factory.mktemp("loopback")
     config = load_config(overrides=[f"avatars.cache_dir={tmp / 'avatars'}", "server.port=0"], env={})
     speech, rate = read_wav(speech_wav)
-    return asyncio.run(_record(live_engine, config, speech, rate))
+    return asyncio.run(_record(engine, config, speech, rate))
 
 
 @pytest.fixture
-async def live(live_engine, test_config: Config) -> AsyncIterator[tuple[str, object]]:
+async def live(engine, test_config: Config) -> AsyncIterator[tuple[str, object]]:
     """The real app (shared warm engine) on a loopback port."""
-    app = create_app(test_config, engine=live_engine)
+    app = create_app(test_config, engine=engine)
     server = TestServer(app, host="127.0.0.1")
     await server.start_server()
     yield str(server.make_url("")).rstrip("/"), app
@@ -199,12 +198,11 @@ def test_motion_data_channel_one_message_per_frame(rec: Recording) -> None:
     assert any(m.get("type") == "pong" for _, m in client.motion)
 
 
-@pytest.mark.skipif(not has_trained_model(), reason="needs the trained motion model in models/motion")
-def test_mouth_moves_in_speech_and_rests_in_silence(rec: Recording, live_engine) -> None:
+def test_mouth_moves_in_speech_and_rests_in_silence(rec: Recording, engine) -> None:
     """Judged on received pixels: against the same head pose with the mouth at rest (rendered from
     the motion message of that frame), the lower face differs in speech and not in silence."""
     client, rate = rec.client, rec.rate
-    to_rest, to_exact, keys = mouth_scores(rec, live_engine)
+    to_rest, to_exact, keys = mouth_scores(rec, engine)
     _, delay = returned_delay(rec)
     t_in = np.array([client.video[i].arrival - delay - client.track.started_at for i in keys])
     env = np.convolve(np.abs(rec.speech), np.ones(800) / 800, mode="same")
@@ -281,10 +279,10 @@ async def test_bad_offers_get_clear_errors(live) -> None:
 
 
 async def test_full_server_answers_503_and_delete_frees_the_slot(
-    live_engine, test_config: Config, speech_16k
+    engine, test_config: Config, speech_16k
 ) -> None:
     config = dataclasses.replace(test_config, server=dataclasses.replace(test_config.server, max_sessions=1))
-    server = TestServer(create_app(config, engine=live_engine), host="127.0.0.1")
+    server = TestServer(create_app(config, engine=engine), host="127.0.0.1")
     await server.start_server()
     url = str(server.make_url("")).rstrip("/")
     client = AvatarClient(url, speech_16k, 16000, params={"fps": 30, "resolution": 256})
@@ -317,7 +315,7 @@ async def upload(url: str, data: bytes, **fields: str) -> tuple[int, dict]:
         return r.status, await r.json()
 
 
-async def test_avatar_upload(live, live_engine) -> None:
+async def test_avatar_upload(live, engine) -> None:
     url, _ = live
     from PIL import Image  # noqa: PLC0415 - only this test needs it
 
@@ -329,7 +327,7 @@ async def test_avatar_upload(live, live_engine) -> None:
     assert status == 400 and body["code"] in ("not_an_image", "corrupt_image")
     status, body = await upload(url, b"x", expand_ratio="lots")
     assert status == 400 and "expand_ratio" in body["error"]
-    image = live_engine.config.resolve(live_engine.config.avatars.default_image).read_bytes()
+    image = engine.config.resolve(engine.config.avatars.default_image).read_bytes()
     status, body = await upload(url, image, expand_ratio="0.2")
     assert status == 200 and body["avatar"]
     good = await client_offer()
@@ -365,8 +363,8 @@ def _outcomes(app) -> dict[str, float]:
     return out
 
 
-async def test_unconnected_offer_times_out(live_engine, test_config: Config) -> None:
-    app = create_app(_server_config(test_config, connect_timeout=0.5), engine=live_engine)
+async def test_unconnected_offer_times_out(engine, test_config: Config) -> None:
+    app = create_app(_server_config(test_config, connect_timeout=0.5), engine=engine)
     server = TestServer(app, host="127.0.0.1")
     await server.start_server()
     url = str(server.make_url("")).rstrip("/")
@@ -379,8 +377,8 @@ async def test_unconnected_offer_times_out(live_engine, test_config: Config) -> 
         await server.close()
 
 
-async def test_vanished_peer_is_dropped_within_seconds(live_engine, test_config: Config, speech_16k) -> None:
-    app = create_app(test_config, engine=live_engine)
+async def test_vanished_peer_is_dropped_within_seconds(engine, test_config: Config, speech_16k) -> None:
+    app = create_app(test_config, engine=engine)
     server = TestServer(app, host="127.0.0.1")
     await server.start_server()
     url = str(server.make_url("")).rstrip("/")
@@ -405,9 +403,9 @@ async def test_vanished_peer_is_dropped_within_seconds(live_engine, test_config:
 
 
 async def test_input_ends_avatar_stays_alive_then_idle_timeout(
-    live_engine, test_config: Config, speech_16k
+    engine, test_config: Config, speech_16k
 ) -> None:
-    app = create_app(_server_config(test_config, session_idle_timeout=2.5), engine=live_engine)
+    app = create_app(_server_config(test_config, session_idle_timeout=2.5), engine=engine)
     server = TestServer(app, host="127.0.0.1")
     await server.start_server()
     url = str(server.make_url("")).rstrip("/")
