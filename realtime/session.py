@@ -46,6 +46,7 @@ from realtime.tracks import (
     SampleRing,
 )
 from realtime.vad import VoiceActivity
+from realtime.yuv import I420Converter
 
 if TYPE_CHECKING:
     from realtime.engine import Engine
@@ -186,6 +187,8 @@ class LiveSession:
         self.metrics = metrics
         self.params = params
         self.renderer = renderer
+        self._to_i420 = I420Converter(renderer)
+        self._checked_i420 = False
         self.server = server
         self.vanish_timeout = vanish_timeout
         self._on_closed = on_closed
@@ -462,10 +465,12 @@ class LiveSession:
             out.append(ReadyFrame(m.index, frame, payload))
         return out
 
-    @staticmethod
-    def _to_video_frame(rgb: np.ndarray) -> VideoFrame:
-        # convert to the encoder's format here, on the executor, not in aiortc's encode thread
-        return VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24").reformat(format="yuv420p")
+    def _to_video_frame(self, rgb: np.ndarray) -> VideoFrame:
+        # Convert to the encoder's format here, on the executor, not in aiortc's encode thread;
+        # the first frame checks the renderer's roi contract that region-only conversion relies on.
+        check, self._checked_i420 = not self._checked_i420, True
+        yuv = self._to_i420(np.ascontiguousarray(rgb), check=check)
+        return VideoFrame.from_ndarray(yuv, format="yuv420p")
 
     # -- video out ------------------------------------------------------------
     def _on_frame_sent(self, n: int, ready: ReadyFrame | None, dropped: bool) -> None:

@@ -16,7 +16,6 @@ from realtime.motion import idx, neutral
 from realtime.offline import (
     Cancelled,
     GenerateParams,
-    I420Converter,
     Mp4Writer,
     ParamError,
     cli_main,
@@ -24,8 +23,8 @@ from realtime.offline import (
     motion_blocks,
     n_frames_for,
     plan_batch,
-    rgb_to_i420,
 )
+from realtime.yuv import I420Converter, rgb_to_i420
 
 AVATAR = Path(__file__).resolve().parent.parent / "models" / "avatars" / "astronaut.png"
 FPS = 25

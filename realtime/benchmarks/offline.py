@@ -86,7 +86,8 @@ def _stats(values: list[float]) -> dict[str, float]:
 def bench_speed(engine: Any, wav: Path, resolution: int, repeat: int, out_dir: Path) -> dict[str, Any]:
     from realtime.generator import generate_motion
     from realtime.media import decode_audio
-    from realtime.offline import GenerateParams, Mp4Writer, generate_video, rgb_to_i420
+    from realtime.offline import GenerateParams, Mp4Writer, generate_video
+    from realtime.yuv import rgb_to_i420
 
     clip = decode_audio(wav)
     bundle = engine.avatar("default")

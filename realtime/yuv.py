@@ -1,0 +1,82 @@
+"""RGB frames -> I420 (YUV 4:2:0) planes, the format both VP8 (live) and H.264 (offline) encode.
+
+OpenCV's conversion is several times faster than libswscale's for this, and the renderer's
+contract (only its ``roi`` changes between frames) lets :class:`I420Converter` convert just the
+animated region. Framework-free: used by the live session and the offline writer alike.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+import cv2
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+def rgb_to_i420(rgb: np.ndarray) -> np.ndarray:
+    """RGB uint8 (H, W, 3) -> I420 planes (BT.601 limited range, what H.264 players expect)."""
+    return cv2.cvtColor(rgb, cv2.COLOR_RGB2YUV_I420)
+
+
+class I420Converter:
+    """RGB frames of one renderer -> I420, converting only the renderer's animated region.
+
+    Outside ``renderer.roi`` every frame equals ``renderer.background`` (the renderer's
+    contract), so that part is converted once. The region is widened to even
+    coordinates, where 4:2:0 chroma blocks are whole, so the result is bit-identical to
+    converting the full frame. The first frame of every chunk is checked against the
+    contract; a renderer without ``roi``/``background``, or one that breaks it, gets
+    full-frame conversion.
+    """
+
+    def __init__(self, renderer: Any) -> None:
+        roi, background = getattr(renderer, "roi", None), getattr(renderer, "background", None)
+        self.box: tuple[int, int, int, int] | None = None
+        if roi is None or background is None:
+            return
+        height, width = background.shape[:2]
+        x0, y0, x1, y1 = (int(v) for v in roi)
+        x0, y0 = max(0, x0 - x0 % 2), max(0, y0 - y0 % 2)
+        x1, y1 = min(width, x1 + x1 % 2), min(height, y1 + y1 % 2)
+        if x1 <= x0 or y1 <= y0 or width % 2 or height % 2:
+            return
+        self.box = (x0, y0, x1, y1)
+        self._background = background
+        self._base = rgb_to_i420(np.ascontiguousarray(background))
+        self._lock = threading.Lock()
+
+    def _outside_matches(self, rgb: np.ndarray) -> bool:
+        assert self.box is not None
+        x0, y0, x1, y1 = self.box
+        probe = rgb.copy()
+        probe[y0:y1, x0:x1] = self._background[y0:y1, x0:x1]
+        return np.array_equal(probe, self._background)
+
+    def __call__(self, rgb: np.ndarray, check: bool = False) -> np.ndarray:
+        box = self.box
+        if box is not None and check and not self._outside_matches(rgb):
+            log.warning("renderer draws outside its roi; converting whole frames")
+            with self._lock:
+                self.box = box = None
+        if box is None:
+            return rgb_to_i420(rgb)
+        x0, y0, x1, y1 = box
+        height, width = rgb.shape[:2]
+        out = self._base.copy()
+        sub = cv2.cvtColor(np.ascontiguousarray(rgb[y0:y1, x0:x1]), cv2.COLOR_RGB2YUV_I420)
+        h, w = y1 - y0, x1 - x0
+        out[y0:y1, x0:x1] = sub[:h]
+        # Chroma planes, as flat views: U then V, each (height/2, width/2), after the luma.
+        flat, sflat = out.reshape(-1), sub.reshape(-1)
+        plane, splane = (height // 2) * (width // 2), (h // 2) * (w // 2)
+        for k in range(2):
+            dst = flat[height * width + k * plane : height * width + (k + 1) * plane].reshape(
+                height // 2, width // 2
+            )
+            src = sflat[h * w + k * splane : h * w + (k + 1) * splane].reshape(h // 2, w // 2)
+            dst[y0 // 2 : y1 // 2, x0 // 2 : x1 // 2] = src
+        return out
