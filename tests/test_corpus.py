@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import wave
@@ -114,6 +115,24 @@ def test_different_seed_differs() -> None:
     a = corpus_build.plan(0, "tiny", ["flite"])
     b = corpus_build.plan(1, "tiny", ["flite"])
     assert [j.text for j in a] != [j.text for j in b] or [j.params for j in a] != [j.params for j in b]
+
+
+def test_extra_training_utterances_leave_test_and_val_unchanged(monkeypatch: pytest.MonkeyPatch) -> None:
+    base = corpus_build.SizeSpec(
+        per_tts_voice=4, festvox_ru=0, allison=0, augment_fraction=0.5, val_fraction=0.3
+    )
+    more = dataclasses.replace(base, extra_train_per_tts_voice=3)
+    monkeypatch.setitem(corpus_build.SIZES, "base", base)
+    monkeypatch.setitem(corpus_build.SIZES, "more", more)
+    a = corpus_build.plan(0, "base", ["flite"])
+    b = corpus_build.plan(0, "more", ["flite"])
+    assert b[: len(a)] == a  # every job of the smaller plan, test and val included, is unchanged
+    extra = b[len(a) :]
+    train_voices = {j.voice for j in a if j.split != "test"}
+    assert len(extra) == 3 * len(train_voices) and {j.voice for j in extra} == train_voices
+    assert all(j.split == "train" and (j.source, j.voice) not in TEST_VOICES for j in extra)
+    assert len({j.id for j in b}) == len(b)
+    assert corpus_build.plan(0, "more", ["flite"]) == b  # reproducible
 
 
 def test_disagreeing_timings_are_dropped(tmp_path: Path) -> None:

@@ -52,14 +52,25 @@ class SizeSpec:
     allison: int  # prompts (~560 with speech)
     augment_fraction: float  # augmented copies per train/val utterance (expected)
     val_fraction: float
+    # More utterances for each *training* TTS voice, planned from their own random stream after the rest, so
+    # the held-out test set and the val split (which picks the evaluation thresholds) stay exactly as without them.
+    extra_train_per_tts_voice: int = 0
 
 
 SIZES = {
     "tiny": SizeSpec(per_tts_voice=1, festvox_ru=2, allison=2, augment_fraction=0.5, val_fraction=0.2),
     "small": SizeSpec(per_tts_voice=12, festvox_ru=60, allison=40, augment_fraction=0.3, val_fraction=0.1),
-    # full: ~1.6 h of clean TTS (20 voices x 90 x ~3.2 s; 4 voices held out), all of festvox-ru (1.66 h),
-    # Allison (0.35 h, test), plus augmented copies of 30% of train/val -> about 4.4 h in all.
-    "full": SizeSpec(per_tts_voice=90, festvox_ru=620, allison=1000, augment_fraction=0.3, val_fraction=0.05),
+    # full: ~1.2 h of clean TTS (15 voices x 90 x ~3.2 s; 4 voices held out), all of festvox-ru (1.66 h),
+    # Allison (0.35 h, test), plus augmented copies of 30% of train/val; then 110 more training utterances per
+    # training voice (+1.1 h), so English TTS outweighs the Russian real speech in training.
+    "full": SizeSpec(
+        per_tts_voice=90,
+        festvox_ru=620,
+        allison=1000,
+        augment_fraction=0.3,
+        val_fraction=0.05,
+        extra_train_per_tts_voice=110,
+    ),
 }
 
 
@@ -190,6 +201,41 @@ def plan(seed: int, size: str, sources: Iterable[str] = SOURCES) -> list[Job]:
         if job.split != "test":
             n_aug = int(spec.augment_fraction) + int(rng.random() < spec.augment_fraction % 1.0)
             job.augments = [_augment_kinds(rng) for _ in range(n_aug)]
+    return jobs + _extra_train_jobs(seed, spec, sources, words, vocabulary)
+
+
+def _extra_train_jobs(
+    seed: int, spec: SizeSpec, sources: Iterable[str], words: list[str], vocabulary: frozenset[str]
+) -> list[Job]:
+    """``spec.extra_train_per_tts_voice`` more train-split utterances per training TTS voice.
+
+    They draw from their own stream (seeded by ``seed`` and a tag) and are appended, so every other job of
+    the plan -- above all the held-out test voices and the val split -- is identical with or without them.
+    """
+    rng = np.random.default_rng([seed, 0x7E57])
+    jobs: list[Job] = []
+    for source in ("flite", "festival", "mbrola", "pico"):
+        if spec.extra_train_per_tts_voice <= 0 or source not in sources or not engines.available(source):
+            continue
+        for voice in _voices(source):
+            if (source, voice) in TEST_VOICES or not engines.voice_available(source, voice):
+                continue
+            for k in range(spec.per_tts_voice, spec.per_tts_voice + spec.extra_train_per_tts_voice):
+                line = _tts_line(rng, words, [], vocabulary)
+                job = Job(
+                    f"{source}-{voice}-{k:04d}",
+                    source,
+                    voice,
+                    f"{source}-{voice}",
+                    "en",
+                    "train",
+                    line,
+                    params=_tts_params(source, rng),
+                )
+                job.seed = int(rng.integers(2**31))
+                n_aug = int(spec.augment_fraction) + int(rng.random() < spec.augment_fraction % 1.0)
+                job.augments = [_augment_kinds(rng) for _ in range(n_aug)]
+                jobs.append(job)
     return jobs
 
 
