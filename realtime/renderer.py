@@ -210,6 +210,20 @@ class PortraitRenderer:
 
         A ``MotionFrame`` is accepted too. The caller owns the returned array.
         """
+        warped = self.render_region(motion)
+        frame = self.background.copy()
+        if warped is not None:
+            x0, y0, x1, y1 = self._roi
+            frame[y0:y1, x0:x1] = warped
+        return frame
+
+    def render_region(self, motion: np.ndarray) -> np.ndarray | None:
+        """Only the animated region of :meth:`render`'s frame: (y1 - y0, x1 - x0, 3) uint8 at ``roi``.
+
+        None when the frame equals the photo (rest pose). The array is read-only and may be
+        returned again for the same motion. Callers that convert or encode just the region
+        (offline I420) skip building, and then reading, a whole frame.
+        """
         values = getattr(motion, "values", motion)  # MotionFrame or array
         m = np.asarray(values, dtype=np.float32).reshape(-1)
         if m.shape != (N_CHANNELS,):
@@ -219,16 +233,11 @@ class PortraitRenderer:
         with self._lock:
             last = self._last
         if last is not None and last[0] == key:
-            warped = last[1]  # the same motion again (idle, a held frame): no warp work
-        else:
-            warped = self._warp(m)
-            with self._lock:
-                self._last = (key, warped)
-        frame = self.background.copy()
-        if warped is not None:
-            x0, y0, x1, y1 = self._roi
-            frame[y0:y1, x0:x1] = warped
-        return frame
+            return last[1]  # the same motion again (idle, a held frame): no warp work
+        warped = self._warp(m)
+        with self._lock:
+            self._last = (key, warped)
+        return warped
 
     def _warp(self, m: np.ndarray) -> np.ndarray | None:
         """The animated region for one clipped motion vector, or None when it equals the photo."""

@@ -30,12 +30,14 @@ class I420Converter:
     coordinates, where 4:2:0 chroma blocks are whole, so the result is bit-identical to
     converting the full frame. The first frame of every chunk is checked against the
     contract; a renderer without ``roi``/``background``, or one that breaks it, gets
-    full-frame conversion.
+    full-frame conversion. :meth:`region` takes just the region (``render_region``), so
+    no whole RGB frame need exist at all.
     """
 
     def __init__(self, renderer: Any) -> None:
         roi, background = getattr(renderer, "roi", None), getattr(renderer, "background", None)
         self.box: tuple[int, int, int, int] | None = None
+        self._roi: tuple[int, ...] | None = None if roi is None else tuple(int(v) for v in roi)
         if roi is None or background is None:
             return
         height, width = background.shape[:2]
@@ -65,9 +67,34 @@ class I420Converter:
         if box is None:
             return rgb_to_i420(rgb)
         x0, y0, x1, y1 = box
-        height, width = rgb.shape[:2]
+        return self._compose(np.ascontiguousarray(rgb[y0:y1, x0:x1]))
+
+    def region(self, warped: np.ndarray | None) -> np.ndarray:
+        """I420 of the frame that is the background with ``warped`` at the renderer's roi.
+
+        ``warped`` is what ``renderer.render_region`` returns (None: the photo itself): the
+        same planes as converting that whole frame, without ever building it. Needs a
+        usable ``box``.
+        """
+        if self.box is None or self._roi is None:
+            raise ValueError("this renderer has no animated region to convert")
+        if warped is None:
+            return self._base.copy()
+        rx0, ry0, rx1, ry1 = self._roi
+        x0, y0, x1, y1 = self.box
+        if (x0, y0, x1, y1) == (rx0, ry0, rx1, ry1):
+            return self._compose(np.ascontiguousarray(warped))
+        sub = self._background[y0:y1, x0:x1].copy()  # the roi widened to even coordinates
+        sub[ry0 - y0 : ry1 - y0, rx0 - x0 : rx1 - x0] = warped
+        return self._compose(sub)
+
+    def _compose(self, sub_rgb: np.ndarray) -> np.ndarray:
+        """The base planes with the box's converted pixels (``sub_rgb``, contiguous) pasted in."""
+        assert self.box is not None
+        x0, y0, x1, y1 = self.box
+        height, width = self._background.shape[:2]
         out = self._base.copy()
-        sub = cv2.cvtColor(np.ascontiguousarray(rgb[y0:y1, x0:x1]), cv2.COLOR_RGB2YUV_I420)
+        sub = cv2.cvtColor(sub_rgb, cv2.COLOR_RGB2YUV_I420)
         h, w = y1 - y0, x1 - x0
         out[y0:y1, x0:x1] = sub[:h]
         # Chroma planes, as flat views: U then V, each (height/2, width/2), after the luma.
