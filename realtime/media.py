@@ -185,32 +185,47 @@ def decode_audio(
     )
 
 
-def iter_source_audio(
+def iter_source_frames(
     source: str | Path | bytes, *, rate: int, layout: str, max_samples: int, frame_size: int = 1024
-) -> Iterator[np.ndarray]:
-    """The original audio re-decoded as planar float32 blocks of ``frame_size`` samples.
+) -> Iterator[av.AudioFrame]:
+    """The original audio re-decoded as planar float32 frames of ``frame_size`` samples.
 
     Used for the output's sound track, so it keeps the source quality rather than the
-    model's 16 kHz mono. Stops after ``max_samples``; the last block may be shorter.
+    model's 16 kHz mono. The frames go to the AAC encoder as they are (no copy through
+    numpy, which would hold the GIL for every 1024 samples); their ``pts`` is unset.
+    Stops after ``max_samples``; the last frame may be shorter.
     """
     fmt = _check_source(source, None)
-    channels = 2 if layout == "stereo" else 1
     resampler = av.AudioResampler(format="fltp", layout=layout, rate=rate, frame_size=frame_size)
     sent = 0
     with _open(source, fmt) as container:
         stream = container.streams.audio[0]
 
-        def blocks() -> Iterator[np.ndarray]:
+        def frames() -> Iterator[av.AudioFrame]:
             for frame in container.decode(stream):
                 frame.pts = None
-                for out in resampler.resample(frame):
-                    yield out.to_ndarray().reshape(channels, -1)
-            for out in resampler.resample(None):
-                yield out.to_ndarray().reshape(channels, -1)
+                yield from resampler.resample(frame)
+            yield from resampler.resample(None)
 
-        for block in blocks():
-            block = block[:, : max_samples - sent]
-            if block.shape[1] == 0:
+        for frame in frames():
+            left = max_samples - sent
+            if left <= 0:
                 return
-            sent += block.shape[1]
-            yield np.ascontiguousarray(block, dtype=np.float32)
+            if frame.samples > left:  # the last one, cut to the length asked for
+                cut = np.ascontiguousarray(frame.to_ndarray()[:, :left])
+                frame = av.AudioFrame.from_ndarray(cut, format="fltp", layout=layout)
+                frame.sample_rate = rate
+            sent += frame.samples
+            frame.pts = None
+            yield frame
+
+
+def iter_source_audio(
+    source: str | Path | bytes, *, rate: int, layout: str, max_samples: int, frame_size: int = 1024
+) -> Iterator[np.ndarray]:
+    """:func:`iter_source_frames` as float32 arrays of shape (channels, samples)."""
+    channels = 2 if layout == "stereo" else 1
+    for frame in iter_source_frames(
+        source, rate=rate, layout=layout, max_samples=max_samples, frame_size=frame_size
+    ):
+        yield np.ascontiguousarray(frame.to_ndarray().reshape(channels, -1), dtype=np.float32)

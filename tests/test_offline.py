@@ -230,6 +230,10 @@ def test_roi_conversion_is_bit_identical(engine) -> None:
             m[19:] = rng.uniform(-5, 5, 3)
             rgb = renderer.render(m)
             np.testing.assert_array_equal(convert(rgb, check=True), rgb_to_i420(rgb))
+            # the offline path: only the animated region is drawn, never a whole frame
+            np.testing.assert_array_equal(convert.region(renderer.render_region(m)), rgb_to_i420(rgb))
+        rest = renderer.render(neutral())
+        np.testing.assert_array_equal(convert.region(renderer.render_region(neutral())), rgb_to_i420(rest))
         # A renderer that breaks the contract (draws outside its roi) is caught and converted whole.
         frame = renderer.render(neutral())
         frame[-4:, :4] = 255 - frame[-4:, :4]
