@@ -19,6 +19,7 @@ from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSession
 from realtime.logs import session_logger
 from realtime.motion import neutral
 from realtime.session import LiveSession, ParamError, SessionParams
+from realtime.tracks import use_avatar_encoder
 
 log = logging.getLogger(__name__)
 
@@ -145,6 +146,8 @@ async def offer(request: web.Request) -> web.Response:
             await pc.setLocalDescription(answer)
         except Exception as exc:
             return _error(400, f"cannot answer this SDP offer: {exc or type(exc).__name__}")
+        if "video" in kinds and not use_avatar_encoder(pc):
+            slog.info("video codec is not VP8: aiortc's own encoder settings apply")
         registry.sessions[session.id] = session
         metrics.sessions_active.inc()
         session.start()

@@ -637,4 +637,13 @@ class LiveSession:
             },
             "data_channels": [getattr(c, "label", "") for c in self.channels],
             "channels": list(CHANNELS),
+            "video_encoder": self._video_encoder(),
         }
+
+    def _video_encoder(self) -> str | None:
+        """Class name of the video sender's encoder (None before the first frame or without video)."""
+        for t in self.pc.getTransceivers():
+            if t.kind == "video" and t.sender is not None:
+                encoder = getattr(t.sender, "_RTCRtpSender__encoder", None)
+                return None if encoder is None else type(encoder).__name__
+        return None
