@@ -24,6 +24,7 @@ class ServerConfig:
     port: int = 8080
     ice_servers: tuple[dict[str, Any], ...] = ()
     max_sessions: int = 2
+    workers: int = 0
     session_idle_timeout: float = 60.0
     connect_timeout: float = 20.0
     auth_token: str = ""

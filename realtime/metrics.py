@@ -7,6 +7,7 @@ Framework-free: sessions and jobs record into a :class:`Metrics` they are handed
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterable
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -17,6 +18,7 @@ from prometheus_client import (
     ProcessCollector,
     generate_latest,
 )
+from prometheus_client.metrics_core import Metric
 
 # Buckets in seconds: per-frame stage times are milliseconds, latency tens to hundreds of ms.
 _STAGE_BUCKETS = (0.001, 0.002, 0.004, 0.006, 0.008, 0.012, 0.016, 0.025, 0.04, 0.06, 0.1, 0.25)
@@ -88,6 +90,28 @@ class Metrics:
         self.threads = Gauge("avatar_process_threads", "Live Python threads", registry=r)
         self.threads.set_function(threading.active_count)
 
-    def exposition(self) -> bytes:
-        """The text format that Prometheus scrapes."""
-        return generate_latest(self.registry)
+    def exposition(self, extra: Iterable[Metric] = ()) -> bytes:
+        """The text format that Prometheus scrapes, with ``extra`` families (the live workers') merged.
+
+        A family that both define is written once, with the samples of both.
+        """
+        extra = list(extra)
+        if not extra:
+            return generate_latest(self.registry)
+        merged: dict[str, Metric] = {}
+        for fam in [*self.registry.collect(), *extra]:
+            have = merged.get(fam.name)
+            if have is None:
+                merged[fam.name] = have = Metric(fam.name, fam.documentation, fam.type, fam.unit)
+            have.samples.extend(fam.samples)
+        return generate_latest(_Families(list(merged.values())))
+
+
+class _Families:
+    """Already collected families, in the shape ``generate_latest`` reads (a ``collect`` method)."""
+
+    def __init__(self, families: list[Metric]) -> None:
+        self._families = families
+
+    def collect(self) -> Iterable[Metric]:
+        return self._families

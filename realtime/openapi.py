@@ -359,6 +359,8 @@ def _schemas() -> dict[str, Any]:
                 "frames_sent": {"type": "integer"},
                 "frames_dropped": {"type": "integer"},
                 "first_frame_s": {"type": "number", "nullable": True},
+                "video_encoder": {"type": "string", "nullable": True},
+                "worker": {"type": "integer", "description": "the live worker process (server.workers > 0)"},
             },
         },
         "SessionList": {
@@ -367,6 +369,20 @@ def _schemas() -> dict[str, Any]:
             "properties": {
                 "sessions": {"type": "array", "items": {"$ref": "#/components/schemas/Session"}},
                 "max_sessions": {"type": "integer"},
+                "workers": {
+                    "type": "array",
+                    "description": "the live worker processes (only when server.workers > 0)",
+                    "items": {
+                        "type": "object",
+                        "properties": {
+                            "index": {"type": "integer"},
+                            "pid": {"type": "integer", "nullable": True},
+                            "ready": {"type": "boolean"},
+                            "sessions": {"type": "integer", "nullable": True},
+                            "restarts": {"type": "integer"},
+                        },
+                    },
+                },
             },
         },
         "Avatar": {

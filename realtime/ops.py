@@ -426,12 +426,21 @@ def setup_ops(app: web.Application) -> None:
         return web.json_response({"status": "ok"})
 
     async def readyz(request: web.Request) -> web.Response:
-        if request.app[ENGINE_KEY].ready:
-            return web.json_response({"ready": True})
-        return web.json_response({"ready": False, "error": "models are still loading"}, status=503)
+        from realtime.workers import POOL_KEY
+
+        if not request.app[ENGINE_KEY].ready:
+            return web.json_response({"ready": False, "error": "models are still loading"}, status=503)
+        pool = request.app.get(POOL_KEY)
+        if pool is not None and not pool.ready():
+            return web.json_response({"ready": False, "error": "a live worker is (re)starting"}, status=503)
+        return web.json_response({"ready": True})
 
     async def metrics(request: web.Request) -> web.Response:
-        body = request.app[METRICS_KEY].exposition()
+        from realtime.workers import POOL_KEY
+
+        pool = request.app.get(POOL_KEY)
+        extra = await pool.metric_families() if pool is not None else []
+        body = request.app[METRICS_KEY].exposition(extra)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
     async def openapi(request: web.Request) -> web.Response:

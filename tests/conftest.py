@@ -48,6 +48,7 @@ def test_config(tmp_path: Path) -> Config:
             f"avatars.cache_dir={tmp_path / 'avatars'}",
             f"offline.output_dir={tmp_path / 'outputs'}",
             "server.port=0",
+            "server.workers=0",  # in-process sessions; tests/test_workers.py covers workers
         ],
         env={},
     )

@@ -73,7 +73,9 @@ async def _record(engine, config: Config, speech: np.ndarray, rate: int) -> Reco
 def rec(engine, speech_wav: Path, tmp_path_factory: pytest.TempPathFactory) -> Recording:
     """One real loopback session with speech between silences, shared by the checks below."""
     tmp = tmp_path_factory.mktemp("loopback")
-    config = load_config(overrides=[f"avatars.cache_dir={tmp / 'avatars'}", "server.port=0"], env={})
+    config = load_config(
+        overrides=[f"avatars.cache_dir={tmp / 'avatars'}", "server.port=0", "server.workers=0"], env={}
+    )
     speech, rate = read_wav(speech_wav)
     return asyncio.run(_record(engine, config, speech, rate))
 

@@ -72,6 +72,7 @@ def make_config(tmp_path: Path, *overrides: str):
             "offline.max_audio_bytes=400000",
             "offline.max_audio_seconds=10",
             "avatars.max_image_bytes=2000000",
+            "server.workers=0",
             *overrides,
         ],
         env={},

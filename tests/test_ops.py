@@ -166,7 +166,7 @@ async def test_auth_token(make_client, test_config):
 
 
 def test_auth_token_from_environment():
-    config = load_config(env={"AVATAR_SERVER_AUTH_TOKEN": TOKEN})
+    config = load_config(env={"AVATAR_SERVER_AUTH_TOKEN": TOKEN, "AVATAR_SERVER_WORKERS": "0"})
     assert config.server.auth_token == TOKEN
 
 
