@@ -134,7 +134,7 @@ async def _job_latency(engine: Any, audio: bytes, image: bytes, runs: int, out_d
     from realtime.app import create_app
     from realtime.config import load_config
 
-    config = load_config(overrides=[f"offline.output_dir={out_dir / 'api'}"], env={})
+    config = load_config(overrides=[f"offline.output_dir={out_dir / 'api'}", "server.workers=0"], env={})
     app = create_app(config, engine=engine)
     accepted, first_event, first_byte, total = [], [], [], []
     async with TestClient(TestServer(app)) as client:
