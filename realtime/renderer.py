@@ -117,11 +117,25 @@ class PortraitRenderer:
         gh, gw, r = self._grid
         cx, cy = np.meshgrid(np.arange(gw, dtype=np.float32), np.arange(gh, dtype=np.float32))
         self._cells = np.ascontiguousarray(np.dstack([cx, cy]))  # coarse cell indices
-        # ROI pixel -> coarse cell coordinate (as cv2.resize samples), separable in x and y
+        # ROI pixel -> coarse cell coordinate (as cv2.resize samples), as remap maps over the whole ROI
+        # (each frame samples a window of them)
+        h, w = y1 - y0, x1 - x0
+        cell_x = ((np.arange(w, dtype=np.float32) + 0.5) / r - 0.5)[None, :]
+        cell_y = ((np.arange(h, dtype=np.float32) + 0.5) / r - 0.5)[:, None]
         self._pix_cells = (
-            ((np.arange(x1 - x0, dtype=np.float32) + 0.5) / r - 0.5)[None, :],
-            ((np.arange(y1 - y0, dtype=np.float32) + 0.5) / r - 0.5)[:, None],
+            np.ascontiguousarray(np.broadcast_to(cell_x, (h, w))),
+            np.ascontiguousarray(np.broadcast_to(cell_y, (h, w))),
         )
+        # per detail patch, rows of interleaved (x, y) constants as long as the ROI is wide, so the
+        # per-pixel composition runs on (rows, 2 * width) arrays: numpy's inner loops stay long
+        self._patch_rows = [
+            (
+                np.tile(np.array([x0 + px0, y0 + py0], np.float32), w),  # patch origin in the frame
+                np.tile(np.array([px1 - px0 - 0.5, py1 - py0 - 0.5], np.float32), w),  # far edges
+                np.flatnonzero(np.any(pf, axis=1)),  # fields that move anything in the patch
+            )
+            for py0, py1, px0, px1, pf, *_ in self._patches
+        ]
         # mesh vertices of the mouth's split lines, for the painted interior
         up = np.array(meta["split_upper"])
         lo = np.array(meta["split_lower"])
@@ -245,13 +259,14 @@ class PortraitRenderer:
         if not np.any(w):
             return None
         x0, y0, x1, y1 = self._roi
-        maps = self._maps(w)
+        coarse = self._coarse(w)  # shared by the warp and the mouth lines
+        maps = self._maps(w, coarse)
         if self._torch is not None:
             warped = self._torch.warp(maps)
         else:
             m1, m2 = cv2.convertMaps(maps, None, cv2.CV_16SC2)
             warped = cv2.remap(self.background, m1, m2, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-        up, lo = self._mouth_lines(w)
+        up, lo = self._mouth_lines(w, coarse[1])
         info = self._mouth
         if self.bundle.meta.get("photo_open"):
             # the seam line only where the photo's lips are (nearly) shut, never across visible teeth
@@ -261,12 +276,13 @@ class PortraitRenderer:
         warped.setflags(write=False)
         return warped
 
-    def _mouth_lines(self, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _mouth_lines(self, w: np.ndarray, pose_c: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         """Where the mouth's split lines land in the frame (output pixels).
 
         Face fields move them forward (exact per vertex); the head pose is then applied
         by inverting the *same* backward pose field the warp uses, so the painted mouth
-        sits exactly on the warped lips.
+        sits exactly on the warped lips (``pose_c``: that field on the coarse grid, None
+        without pose).
         """
         w_face = w * self._face_mask
         active = np.nonzero(w_face)[0]
@@ -274,11 +290,9 @@ class PortraitRenderer:
             pts + np.tensordot(w_face[active], disp[active], axes=1)
             for pts, disp in zip(self._split_pts, self._split_disp, strict=True)
         ]
-        w_pose = w - w_face
-        if not np.any(w_pose):
+        if pose_c is None:
             return lines[0], lines[1]
-        gh, gw, r = self._grid
-        pose_c = self._blend(w_pose, self._fields).reshape(gh, gw, 2)
+        r = self._grid[2]
         x0, y0 = self._roi[:2]
         p = np.concatenate(lines).astype(np.float32)
         q = p.copy()
@@ -292,14 +306,28 @@ class PortraitRenderer:
         return q[:n], q[n:]
 
     @staticmethod
-    def _blend(w: np.ndarray, fields: np.ndarray) -> np.ndarray:
-        """Sum of weighted fields over the non-zero weights (most are zero; BLAS would add thread overhead)."""
+    def _blend(w: np.ndarray, fields: np.ndarray, live: np.ndarray | None = None) -> np.ndarray:
+        """Sum of weighted fields over the non-zero weights (most are zero; BLAS would add thread overhead).
+
+        ``live``: indices of the fields that are not all zero in ``fields`` (the others add nothing).
+        """
         out = np.zeros(fields.shape[1], np.float32)
-        for i in np.nonzero(w)[0]:
+        for i in np.nonzero(w)[0] if live is None else live[w[live] != 0]:
             out += w[i] * fields[i]
         return out
 
-    def _maps(self, w: np.ndarray) -> np.ndarray:
+    def _coarse(self, w: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """The face and the pose parts of the warp on the coarse grid, (gh, gw, 2); None where all zero."""
+        gh, gw, _ = self._grid
+        w_face = w * self._face_mask
+        w_pose = w - w_face
+        face_c = self._blend(w_face, self._fields).reshape(gh, gw, 2) if np.any(w_face) else None
+        pose_c = self._blend(w_pose, self._fields).reshape(gh, gw, 2) if np.any(w_pose) else None
+        return face_c, pose_c
+
+    def _maps(
+        self, w: np.ndarray, coarse: tuple[np.ndarray | None, np.ndarray | None] | None = None
+    ) -> np.ndarray:
         """Absolute source coordinates (h, w, 2) float32 for every ROI pixel.
 
         Face fields (lips, lids, brows) are sharp and defined on the still photo, so the
@@ -311,10 +339,8 @@ class PortraitRenderer:
         x0, y0, x1, y1 = self._roi
         h, w_ = y1 - y0, x1 - x0
         w_face = w * self._face_mask
-        w_pose = w - w_face
-        has_face, has_pose = bool(np.any(w_face)), bool(np.any(w_pose))
-        face_c = self._blend(w_face, self._fields).reshape(gh, gw, 2) if has_face else None
-        pose_c = self._blend(w_pose, self._fields).reshape(gh, gw, 2) if has_pose else None
+        face_c, pose_c = self._coarse(w) if coarse is None else coarse
+        has_face, has_pose = face_c is not None, pose_c is not None
         if not has_pose:
             total_c = face_c
         elif not has_face:
@@ -327,10 +353,12 @@ class PortraitRenderer:
         if not has_face:
             return maps
         reach = int(np.ceil(np.abs(pose_c).max() + 1)) if has_pose else 0
-        for py0, py1, px0, px1, pf, alpha, sharp in self._patches:
+        for (py0, py1, px0, px1, pf, alpha, sharp), (origin, far, live) in zip(
+            self._patches, self._patch_rows, strict=True
+        ):
             if not np.any(w_face[sharp]):
                 continue  # only fields that are smooth here are active: the coarse grid is exact enough
-            fine = self._blend(w_face, pf).reshape(py1 - py0, px1 - px0, 2)
+            fine = self._blend(w_face, pf, live).reshape(py1 - py0, px1 - px0, 2)
             if not has_pose:
                 cur = maps[py0:py1, px0:px1]
                 cur += alpha[..., None] * (self._base[py0:py1, px0:px1] + fine - cur)
@@ -338,21 +366,24 @@ class PortraitRenderer:
             # output pixels whose un-posed position may fall in the patch
             qy0, qx0 = max(py0 - reach, 0), max(px0 - reach, 0)
             qy1, qx1 = min(py1 + reach, h), min(px1 + reach, w_)
-            base = self._base[qy0:qy1, qx0:qx1]
-            cx = np.ascontiguousarray(np.broadcast_to(self._pix_cells[0][:, qx0:qx1], (qy1 - qy0, qx1 - qx0)))
-            cy = np.ascontiguousarray(np.broadcast_to(self._pix_cells[1][qy0:qy1], (qy1 - qy0, qx1 - qx0)))
+            qh, qw2 = qy1 - qy0, 2 * (qx1 - qx0)
+            cx, cy = (c[qy0:qy1, qx0:qx1] for c in self._pix_cells)
             pose = cv2.remap(pose_c, cx, cy, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-            src = base + pose  # un-posed position (absolute)
-            face = maps[qy0:qy1, qx0:qx1] - src  # the coarse face part there
-            at = src - np.array([x0 + px0, y0 + py0], np.float32)
+            src = self._base[qy0:qy1, qx0:qx1] + pose  # un-posed position (absolute)
+            region = maps[qy0:qy1, qx0:qx1]
+            face = region - src  # the coarse face part there
+            at = (src.reshape(qh, qw2) - origin[:qw2]).reshape(src.shape)  # in patch coordinates
             # the fine field at the un-posed positions, blended in by the feather there
             got = face.copy()
             cv2.remap(fine, at, None, cv2.INTER_LINEAR, dst=got, borderMode=cv2.BORDER_TRANSPARENT)
-            ph, pw = py1 - py0, px1 - px0
-            ax, ay = at[..., 0], at[..., 1]
-            edge = np.minimum(np.minimum(ax + 0.5, pw - 0.5 - ax), np.minimum(ay + 0.5, ph - 0.5 - ay))
-            a = np.clip(edge * (1.0 / self._feather), 0.0, 1.0)[..., None]
-            maps[qy0:qy1, qx0:qx1] = src + face + a * (got - face)
+            # distance to the patch's nearest edge: min over x and y of min(at + 0.5, far - at)
+            flat = at.reshape(qh, qw2)
+            edge = flat + 0.5
+            np.minimum(edge, far[:qw2] - flat, out=edge)
+            pairs = edge.reshape(-1, 2)
+            a = np.clip(np.minimum(pairs[:, 0], pairs[:, 1]) * (1.0 / self._feather), 0.0, 1.0)
+            blend = np.repeat(a, 2).reshape(src.shape) * (got - face)
+            np.add(src + face, blend, out=region)
         return maps
 
 
