@@ -61,6 +61,8 @@ def test_tiny_training_produces_a_working_model(tmp_path: Path) -> None:
         assert (out / name).is_file(), name
     meta = json.loads((out / "config.json").read_text())
     assert meta["training"]["steps"] > 0 and meta["training"]["tiny"] is True
+    # the step cap, not the clock, ended the run (the weights do not depend on machine speed)
+    assert meta["training"]["steps"] == meta["training"]["step_cap"] and not meta["training"]["stopped_early"]
     assert max(meta["training"]["onnx_parity_max_abs"].values()) < 1e-3
     history = json.loads((out / "loss_history.json").read_text())
     assert np.isfinite(history["loss"]).all()
@@ -78,3 +80,10 @@ def test_train_reports_a_missing_corpus(tmp_path: Path, capsys: pytest.CaptureFi
 
     assert cli_main(["--corpus", str(tmp_path / "nothing"), "--out", str(tmp_path / "m"), "--tiny"]) == 2
     assert "manifest" in capsys.readouterr().out
+
+
+def test_closure_frames_mark_bilabial_segments() -> None:
+    from realtime.train import closure_frames
+
+    phones = [["sil", 0.0, 0.1], ["m", 0.1, 0.2], ["aa", 0.2, 0.4], ["p", 0.4, 0.44], ["sil", 0.44, 0.6]]
+    assert np.flatnonzero(closure_frames(phones, 15, 25)).tolist() == [3, 4, 10]  # t = 0.12, 0.16, 0.40 s
