@@ -452,8 +452,7 @@ class LiveSession:
                 self.stats.frames_skipped_late += 1
                 continue
             t = time.perf_counter()
-            rgb = self.renderer.render(m.values)
-            frame = self._to_video_frame(rgb)
+            frame = self._render_frame(m.values)
             self.metrics.render_seconds.observe(time.perf_counter() - t)
             self.stats.frames_rendered += 1
             payload = {
@@ -464,6 +463,14 @@ class LiveSession:
             }
             out.append(ReadyFrame(m.index, frame, payload))
         return out
+
+    def _render_frame(self, values: np.ndarray) -> VideoFrame:
+        """The video frame of one motion vector, straight to I420 where the renderer allows."""
+        if self._to_i420.box is None:
+            return self._to_video_frame(self.renderer.render(values))
+        # only the animated region is drawn and converted; the rest are the photo's planes
+        yuv = self._to_i420.region(self.renderer.render_region(values))
+        return VideoFrame.from_numpy_buffer(yuv, format="yuv420p")
 
     def _to_video_frame(self, rgb: np.ndarray) -> VideoFrame:
         # Convert to the encoder's format here, on the executor, not in aiortc's encode thread;
