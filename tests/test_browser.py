@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -101,7 +102,9 @@ async def chromium(user_dir: Path, audio: Path) -> AsyncIterator[int]:
 async def test_browser_client_receives_avatar_video(
     engine, test_config: Config, speech_wav: Path, tmp_path: Path
 ) -> None:
-    app = create_app(test_config, engine=engine)
+    # the shipped deployment: a front that forwards the browser's offer to live worker processes
+    config = dataclasses.replace(test_config, server=dataclasses.replace(test_config.server, workers=2))
+    app = create_app(config, engine=engine)
     server = TestServer(app, host="127.0.0.1")
     await server.start_server()
     url = str(server.make_url("")).rstrip("/")
