@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from corpus_bad import (
     VALID_OFFER,
@@ -296,9 +297,9 @@ class Tally:
     pipeline_missing: int = 0
 
 
-def fuzz_config(config: Config) -> Config:
+def fuzz_config(config: Config, workers: int = 0) -> Config:
     """Rate limit off (it would answer 429 before the handlers see the input), short connect timeout."""
-    server = dataclasses.replace(config.server, rate_limit_per_minute=0, connect_timeout=3.0)
+    server = dataclasses.replace(config.server, rate_limit_per_minute=0, connect_timeout=3.0, workers=workers)
     return dataclasses.replace(config, server=server)
 
 
@@ -384,9 +385,14 @@ async def _start(config: Config, engine: Engine) -> TestClient:
     return client
 
 
-async def test_fuzz_http_requests(engine: Engine, test_config: Config):
-    """Hypothesis-generated requests over every route: no 5xx, JSON errors, still healthy."""
-    client = await _start(fuzz_config(test_config), engine)
+@pytest.mark.parametrize("workers", [0, 2], ids=["in-process", "front+2-workers"])
+async def test_fuzz_http_requests(engine: Engine, test_config: Config, workers: int):
+    """Hypothesis-generated requests over every route: no 5xx, JSON errors, still healthy.
+
+    Run against both deployments: sessions in the server process, and a front that forwards the
+    live endpoints to worker processes.
+    """
+    client = await _start(fuzz_config(test_config, workers), engine)
     loop = asyncio.get_running_loop()
     tally = Tally(pipeline=engine.ready)
 
