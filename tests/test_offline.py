@@ -144,6 +144,28 @@ def test_mp4_writer_av_sync(tmp_path: Path) -> None:
     assert boxes.index("moov") < boxes.index("mdat")
 
 
+@pytest.mark.parametrize("size", [(128, 96), (334, 334), (476, 302)])
+def test_mp4_writer_keeps_the_picture(tmp_path: Path, size: tuple[int, int]) -> None:
+    """Frames come back as written whatever the size (frames are handed to the encoder without a copy)."""
+    width, height = size
+    rng = np.random.default_rng(1)
+    clip = decode_audio(write_wav(tmp_path / "quiet.wav", np.zeros(16000, np.float32)))
+    pictures = []
+    for k in range(3):
+        rgb = np.zeros((height, width, 3), np.uint8)
+        rgb[:, : width // 2] = rng.integers(40, 220, 3)
+        rgb[height // 3 : height // 2 + k * 4, width // 4 :] = rng.integers(40, 220, 3)
+        pictures.append(rgb)
+    writer = Mp4Writer(tmp_path / "pic.mp4", size, FPS, clip, 3 / FPS)
+    for rgb in pictures:
+        writer.write(rgb_to_i420(rgb))
+    writer.close()
+    frames, _, facts = read_video(tmp_path / "pic.mp4")
+    assert facts["size"] == size and len(frames) == 3
+    for got, want in zip(frames, pictures, strict=True):
+        assert np.abs(got.astype(np.int16) - want).mean() < 3.0
+
+
 # -- motion in blocks (long files) -------------------------------------------------------------------
 def _envelope(segment: np.ndarray, on_fraction) -> np.ndarray:  # noqa: ANN001
     """A stand-in whose frame j depends only on the audio of frame j, so blocks must stitch exactly."""
