@@ -184,14 +184,21 @@ def test_motion_blocks_stitch_exactly() -> None:
         rng.standard_normal(16000 * 11 + 123) * np.repeat(rng.uniform(0, 1, 111), 1600)[: 16000 * 11 + 123]
     ).astype(np.float32)
     n = n_frames_for(pcm.size / 16000, FPS)
-    made: list[int] = []
-    with ThreadPoolExecutor(1) as pool:
-        blocks = list(motion_blocks(_envelope, pcm, FPS, n, pool, block_s=3, progress=made.append))
-    assert len(blocks) > 3  # 11 s in blocks of about 3 s
-    stitched = np.concatenate(blocks)
-    assert stitched.shape == (n, 22)
-    np.testing.assert_allclose(stitched, _envelope(pcm, lambda f: None), atol=1e-6)
-    assert made == sorted(made) and made[-1] >= n
+    # 11 s in blocks of about 3 s; then blocks of 2, 4 and 5 s (short first, doubling, capped)
+    for block_s, first_s, count in ((3, 3, 4), (8, 2, 3)):
+        made: list[int] = []
+        with ThreadPoolExecutor(1) as pool:
+            blocks = list(
+                motion_blocks(
+                    _envelope, pcm, FPS, n, pool, block_s=block_s, first_s=first_s, progress=made.append
+                )
+            )
+        # the first block is whole; the others lose the cross-fade second to the block before
+        assert len(blocks) == count and len(blocks[0]) == (first_s - 1) * FPS
+        stitched = np.concatenate(blocks)
+        assert stitched.shape == (n, 22)
+        np.testing.assert_allclose(stitched, _envelope(pcm, lambda f: None), atol=1e-6)
+        assert made == sorted(made) and made[-1] >= n
 
 
 def test_motion_blocks_real_model_has_no_seams(engine, talk_clip) -> None:
