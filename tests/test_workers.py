@@ -163,6 +163,16 @@ async def test_uploaded_avatar_is_used_by_a_worker(front, speech) -> None:
         await bad.close()
 
 
+async def _readyz_becomes(http: aiohttp.ClientSession, url: str, status: int, within: float) -> bool:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        async with http.get(f"{url}/readyz") as r:
+            if r.status == status:
+                return True
+        await asyncio.sleep(0.2)
+    return False
+
+
 async def test_a_killed_worker_is_restarted(front, speech) -> None:
     url, app = front
     pool = app[POOL_KEY]
@@ -175,26 +185,12 @@ async def test_a_killed_worker_is_restarted(front, speech) -> None:
         old_pid = victim.process.pid
         os.kill(old_pid, signal.SIGKILL)
         # readiness drops while it is down, and its session is gone from the listing
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            async with http.get(f"{url}/readyz") as r:
-                if r.status == 503:
-                    break
-            await asyncio.sleep(0.1)
-        else:
-            pytest.fail("/readyz stayed 200 with a dead worker")
+        assert await _readyz_becomes(http, url, 503, within=10), "/readyz stayed 200 with a dead worker"
         status, listing = await _json(http, "GET", f"{url}/sessions")
         assert client.session_id not in {s["session_id"] for s in listing["sessions"]}
         await client.close()
         # the supervisor starts a new process and the server is ready again
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            async with http.get(f"{url}/readyz") as r:
-                if r.status == 200:
-                    break
-            await asyncio.sleep(0.5)
-        else:
-            pytest.fail("the killed worker did not come back")
+        assert await _readyz_becomes(http, url, 200, within=120), "the killed worker did not come back"
         assert victim.process.pid != old_pid and victim.restarts == 1
         again = AvatarClient(url, pcm, rate, keep_video=False)
         try:
