@@ -46,19 +46,22 @@ def frame_to_mono(frame: Any) -> tuple[np.ndarray, int]:
     data = frame.to_ndarray()
     channels = len(frame.layout.channels)
     fmt = frame.format
+    integer = data.dtype.kind in "iu"
     if data.dtype == np.int16:
-        x = data.astype(np.float32) / 32768.0
+        x = data.astype(np.float32) * np.float32(1.0 / 32768.0)
     elif data.dtype == np.int32:
-        x = data.astype(np.float32) / 2147483648.0
+        x = data.astype(np.float32) * np.float32(1.0 / 2147483648.0)
     elif data.dtype == np.uint8:
-        x = (data.astype(np.float32) - 128.0) / 128.0
+        x = (data.astype(np.float32) - 128.0) * np.float32(1.0 / 128.0)
     else:
         x = data.astype(np.float32)
-    if fmt.is_planar:
-        x = x.reshape(channels, -1).mean(axis=0)
+    if channels > 1:  # called for every 20 ms packet: skip the mean and NaN pass where they do nothing
+        x = x.reshape(channels, -1).mean(axis=0) if fmt.is_planar else x.reshape(-1, channels).mean(axis=1)
     else:
-        x = x.reshape(-1, channels).mean(axis=1)
-    return np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0), int(frame.sample_rate)
+        x = x.reshape(-1)
+    if not integer:  # only float samples can carry NaN or inf
+        x = np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
+    return x.astype(np.float32, copy=False), int(frame.sample_rate)
 
 
 class _Resampler48:
