@@ -27,6 +27,9 @@ Objective
     the machine's speed; ``minutes`` is a safety limit: a run that hits it first stops, saves what it
     has, flags ``stopped_early`` in ``config.json`` and the command exits non-zero.
 
+Fine-tuning: ``--init DIR`` starts from the weights in ``DIR`` (same architecture; its normalisation
+stats are kept).
+
 Reproduce the shipped weights (2-core CPU, see models/motion/MODEL_CARD.md)::
 
     nice -n 19 avatar train --corpus data/corpus --out models/motion --seed 0 --threads 2 --workers 2
@@ -284,6 +287,7 @@ def train(
     steps: int = 20000,
     seed: int = 0,
     closure_weight: float = CLOSURE_WEIGHT,
+    init: Path | None = None,
     tiny: bool = False,
     batch_size: int = 48,
     lr: float = 2e-3,
@@ -326,11 +330,21 @@ def train(
         raise ValueError(f"{corpus}: no usable training utterances")
     cache_s = time.time() - t0
     net = MotionDenoiser(cfg)
-    fm, fs, mm, ms = compute_stats(clips)
-    net.feat_mean.copy_(torch.from_numpy(fm))
-    net.feat_std.copy_(torch.from_numpy(fs))
-    net.motion_mean.copy_(torch.from_numpy(mm))
-    net.motion_std.copy_(torch.from_numpy(ms))
+    if init is not None:
+        # Fine-tune: same architecture, and the starting weights' normalisation stats are kept (the
+        # network was trained against them).
+        from realtime.generator import CONFIG, WEIGHTS
+
+        init_cfg = json.loads((Path(init) / CONFIG).read_text())["config"]
+        if init_cfg != cfg.to_dict():
+            raise ValueError(f"{init}: its model config differs from this run's; cannot start from it")
+        net.load_state_dict(torch.load(Path(init) / WEIGHTS, map_location="cpu", weights_only=True))
+    else:
+        fm, fs, mm, ms = compute_stats(clips)
+        net.feat_mean.copy_(torch.from_numpy(fm))
+        net.feat_std.copy_(torch.from_numpy(fs))
+        net.motion_mean.copy_(torch.from_numpy(mm))
+        net.motion_std.copy_(torch.from_numpy(ms))
     ema = copy.deepcopy(net).eval()
     for p in ema.parameters():
         p.requires_grad_(False)
@@ -446,6 +460,12 @@ def train(
             "step_cap": max_steps,
             "stopped_early": stopped_early,
             "closure_weight": closure_weight,
+            "init": str(init) if init is not None else None,
+            "init_training": (
+                json.loads((Path(init) / "config.json").read_text()).get("training")
+                if init is not None
+                else None
+            ),
             "batch_size": batch_size,
             "lr": lr,
             "seed": seed,
@@ -527,6 +547,7 @@ def cli_main(argv: list[str]) -> int:
         "flags stopped_early and exits 3; the step cap is what ends a normal run",
     )
     p.add_argument("--steps", type=int, default=20000, help="optimizer steps (the step cap)")
+    p.add_argument("--init", default=None, help="start from the weights in this model folder (fine-tune)")
     p.add_argument(
         "--closure-weight",
         type=float,
@@ -554,6 +575,7 @@ def cli_main(argv: list[str]) -> int:
             threads=args.threads,
             workers=args.workers,
             closure_weight=args.closure_weight,
+            init=Path(args.init) if args.init else None,
         )
     except (FileNotFoundError, ValueError) as exc:
         print(f"avatar train: {exc}")

@@ -67,6 +67,12 @@ def test_tiny_training_produces_a_working_model(tmp_path: Path) -> None:
     history = json.loads((out / "loss_history.json").read_text())
     assert np.isfinite(history["loss"]).all()
     assert np.mean(history["loss"][-10:]) < np.mean(history["loss"][:10])  # it learns something
+    # fine-tuning starts from those weights (same architecture) and records where it started
+    out2 = tmp_path / "model2"
+    args = ["--corpus", str(corpus), "--out", str(out2), "--tiny", "--seed", "2", "--workers", "1"]
+    assert cli_main([*args, "--init", str(out)]) == 0
+    meta2 = json.loads((out2 / "config.json").read_text())
+    assert meta2["training"]["init"] == str(out) and meta2["training"]["init_training"]["seed"] == 1
     for backend in ("torch", "onnx"):
         model = MotionModel.load(out, backend=backend)
         motion = generate_motion(model, np.zeros(8000, np.float32), 16000)
