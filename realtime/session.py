@@ -46,7 +46,7 @@ from realtime.tracks import (
     SampleRing,
 )
 from realtime.vad import VoiceActivity
-from realtime.yuv import I420Converter
+from realtime.yuv import I420Converter, i420_frame
 
 if TYPE_CHECKING:
     from realtime.engine import Engine
@@ -469,8 +469,7 @@ class LiveSession:
         if self._to_i420.box is None:
             return self._to_video_frame(self.renderer.render(values))
         # only the animated region is drawn and converted; the rest are the photo's planes
-        yuv = self._to_i420.region(self.renderer.render_region(values))
-        return VideoFrame.from_numpy_buffer(yuv, format="yuv420p")
+        return i420_frame(self._to_i420.region(self.renderer.render_region(values)))
 
     def _to_video_frame(self, rgb: np.ndarray) -> VideoFrame:
         # Convert to the encoder's format here, on the executor, not in aiortc's encode thread;

@@ -11,6 +11,7 @@ import logging
 import threading
 from typing import Any
 
+import av
 import cv2
 import numpy as np
 
@@ -107,3 +108,15 @@ class I420Converter:
             src = sflat[h * w + k * splane : h * w + (k + 1) * splane].reshape(h // 2, w // 2)
             dst[y0 // 2 : y1 // 2, x0 // 2 : x1 // 2] = src
         return out
+
+
+def i420_frame(yuv: np.ndarray) -> av.VideoFrame:
+    """A ``yuv420p`` video frame of I420 planes ((H * 3 // 2, W) uint8), without a copy where safe.
+
+    PyAV's zero-copy wrapper gets the height wrong unless it is a multiple of 4 (a 334-high
+    frame comes out 332 high), so other heights are copied. The frame keeps a reference to
+    ``yuv``: do not write to the array afterwards.
+    """
+    if (yuv.shape[0] * 2 // 3) % 4 == 0:
+        return av.VideoFrame.from_numpy_buffer(np.ascontiguousarray(yuv), format="yuv420p")
+    return av.VideoFrame.from_ndarray(yuv, format="yuv420p")
