@@ -127,6 +127,9 @@ def _seam(
     info: dict,
 ) -> None:
     """A soft dark line where the lips meet, so a shut open-mouth photo shows no teeth in the seam."""
+    strength = 0.5 * float(info["seam"]) * float(1 - _smooth(1.0, 3.0, np.array(np.median(thick))))
+    if strength <= 0:
+        return  # the lips are apart: no seam to draw
     h, w = img.shape[:2]
     mid = (upper + lower) / 2 - np.asarray(origin, np.float32)
     x0, y0 = np.floor(mid.min(0)).astype(int) - 2
@@ -138,9 +141,6 @@ def _seam(
     pts = np.round((mid - [x0, y0]) * 8).astype(np.int32)
     thickness = max(1, int(round(info["eye_distance"] / 40)))
     cv2.polylines(mask, [pts], False, 255, thickness=thickness, lineType=cv2.LINE_AA, shift=3)
-    strength = 0.5 * float(info["seam"]) * float(1 - _smooth(1.0, 3.0, np.array(np.median(thick))))
-    if strength <= 0:
-        return
     a = cv2.GaussianBlur(mask, (3, 3), 0).astype(np.float32)[..., None] * (strength / 255.0)
     col = _match_saturation(info["lip_rgb"] * 0.5, info["skin_rgb"])
     region = img[y0:y1, x0:x1].astype(np.float32)

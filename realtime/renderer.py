@@ -286,8 +286,10 @@ class PortraitRenderer:
         """
         w_face = w * self._face_mask
         active = np.nonzero(w_face)[0]
+        weights = w_face[active].reshape(1, -1)
+        # the product np.tensordot(weights, disp, axes=1) computes, without its Python overhead
         lines = [
-            pts + np.tensordot(w_face[active], disp[active], axes=1)
+            pts + np.dot(weights, disp[active].reshape(len(active), pts.size)).reshape(pts.shape)
             for pts, disp in zip(self._split_pts, self._split_disp, strict=True)
         ]
         if pose_c is None:
