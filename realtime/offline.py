@@ -59,7 +59,7 @@ _MOTION_SHARE = 0.1
 # next second cross-fades from the previous block, so the seams do not show. Nothing can be drawn
 # before the first block exists, so blocks start short and double (4, 8, 16, 32 s, then 60 s):
 # rendering starts after the motion of 4 s, not of the whole first minute (a 20-s clip would
-# otherwise spend ~15% of its time on motion with one core idle).
+# otherwise spend ~13% of its time on motion with one core idle).
 MOTION_BLOCK_S = 60
 FIRST_BLOCK_S = 4
 _WARMUP_S = 1
