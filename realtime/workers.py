@@ -45,6 +45,11 @@ log = logging.getLogger(__name__)
 START_TIMEOUT = 180.0
 STOP_TIMEOUT = 15.0
 SUPERVISE_EVERY = 1.0
+# A worker that misses this many health checks in a row (one every HEALTH_EVERY s, each allowed
+# HEALTH_TIMEOUT s) is wedged, not busy: it is killed and restarted like one that died.
+HEALTH_EVERY = 5.0
+HEALTH_TIMEOUT = 5.0
+HEALTH_FAILURES = 3
 # Restarts back off 1, 2, 4 ... s up to this, so a worker that cannot start does not spin.
 MAX_BACKOFF = 60.0
 # Signaling through a worker: ICE gathering on loopback takes well under a second.
@@ -69,6 +74,8 @@ class Worker:
     restarts: int = 0
     pending: int = 0  # offers being answered by this worker right now
     next_start: float = 0.0
+    health_failures: int = 0
+    checked_at: float = 0.0
     started_at: float = field(default_factory=time.monotonic)
 
     @property
@@ -99,6 +106,12 @@ class WorkerPool:
         self.owner: dict[str, int] = {}  # session id -> worker index, rebuilt from every snapshot
         self._closing = False
         self._supervisor: asyncio.Task[None] | None = None
+        self._restarts: dict[int, asyncio.Task[None]] = {}  # worker index -> its restart; owned
+        self.health_every, self.health_timeout, self.health_failures = (
+            HEALTH_EVERY,
+            HEALTH_TIMEOUT,
+            HEALTH_FAILURES,
+        )
 
     # -- lifecycle --------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -126,7 +139,7 @@ class WorkerPool:
             target=worker_main,
             args=(config, w.index, str(w.socket), os.getpid(), self.log_level),
             name=f"avatar-live-{w.index}",
-            daemon=False,  # a worker has its own children (executor threads, none are processes)
+            daemon=False,  # the pool stops its workers itself, with SIGTERM, so they close their peers
         )
         w.process.start()
         w.ready = False
@@ -148,41 +161,69 @@ class WorkerPool:
         raise RuntimeError(f"live worker {w.index} was not ready after {START_TIMEOUT:.0f} s")
 
     async def _supervise(self) -> None:
-        """Restart workers that died (with back-off); the only task that starts workers after start()."""
+        """Restart workers that died or stopped answering; the only task that restarts workers."""
         while not self._closing:
             await asyncio.sleep(SUPERVISE_EVERY)
+            now = time.monotonic()
             for w in self.workers:
-                if w.alive or self._closing or time.monotonic() < w.next_start:
+                busy = w.index in self._restarts and not self._restarts[w.index].done()
+                if self._closing or w.alive or now < w.next_start or busy:
                     continue
-                code = None if w.process is None else w.process.exitcode
-                lost = [sid for sid, i in self.owner.items() if i == w.index]
-                for sid in lost:
-                    self.owner.pop(sid, None)
-                w.ready = False
-                backoff = min(MAX_BACKOFF, 2.0 ** min(w.restarts, 6))
-                w.restarts += 1
-                w.next_start = time.monotonic() + backoff
-                log.error(
-                    "live worker %d died (exit code %s), %d session(s) lost; restarting it",
-                    w.index,
-                    code,
-                    len(lost),
+                self._restarts[w.index] = asyncio.create_task(
+                    self._restart(w), name=f"restart-worker-{w.index}"
                 )
-                await self._close_http(w)
-                self._spawn(w)
-                try:
-                    await self._wait_ready(w)
-                    log.info("live worker %d is back (pid %s)", w.index, w.process.pid if w.process else None)
-                except RuntimeError as exc:
-                    log.error("%s; retrying in %.0f s", exc, backoff)
+            due = [w for w in self.workers if w.ready and w.alive and now - w.checked_at >= self.health_every]
+            if due:
+                await asyncio.gather(*(self._check_health(w) for w in due))
+
+    async def _restart(self, w: Worker) -> None:
+        code = None if w.process is None else w.process.exitcode
+        lost = [sid for sid, i in self.owner.items() if i == w.index]
+        for sid in lost:
+            self.owner.pop(sid, None)
+        w.ready = False
+        backoff = min(MAX_BACKOFF, 2.0 ** min(w.restarts, 6))
+        w.restarts += 1
+        w.next_start = time.monotonic() + backoff
+        log.error(
+            "live worker %d died (exit code %s), %d session(s) lost; restarting it", w.index, code, len(lost)
+        )
+        await self._close_http(w)
+        self._spawn(w)
+        try:
+            await self._wait_ready(w)
+            log.info("live worker %d is back (pid %s)", w.index, w.process.pid if w.process else None)
+        except RuntimeError as exc:
+            log.error("%s; retrying in %.0f s", exc, backoff)
+            if w.alive and w.process is not None:  # alive but never ready: start it afresh
+                w.process.kill()
+
+    async def _check_health(self, w: Worker) -> None:
+        w.checked_at = time.monotonic()
+        try:
+            status, _ = await self._call(w, "GET", "/healthz", limit_s=self.health_timeout)
+            healthy = status == 200
+        except WorkerUnavailable:
+            healthy = False
+        w.health_failures = 0 if healthy else w.health_failures + 1
+        if w.health_failures >= self.health_failures and w.process is not None and w.alive:
+            log.error(
+                "live worker %d did not answer %d health checks in a row; killing it",
+                w.index,
+                w.health_failures,
+            )
+            w.health_failures = 0
+            w.ready = False
+            w.process.kill()
 
     async def close(self) -> None:
         """Stop every worker: SIGTERM (they close their peers), then SIGKILL after STOP_TIMEOUT."""
         self._closing = True
-        if self._supervisor is not None:
-            self._supervisor.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._supervisor
+        for task in [self._supervisor, *self._restarts.values()]:
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         for w in self.workers:
             if w.alive and w.process is not None:
                 w.process.terminate()

@@ -198,3 +198,17 @@ async def test_a_killed_worker_is_restarted(front, speech) -> None:
             await again.wait_frames(3)
         finally:
             await again.close()
+
+
+async def test_a_wedged_worker_is_replaced(front) -> None:
+    """A worker that stops answering (SIGSTOP: alive but silent) is killed and restarted."""
+    url, app = front
+    pool = app[POOL_KEY]
+    pool.health_every, pool.health_timeout = 0.5, 0.5  # seconds instead of 5 + 5 (x 3 misses)
+    victim = pool.workers[0]
+    old_pid = victim.process.pid
+    os.kill(old_pid, signal.SIGSTOP)
+    async with aiohttp.ClientSession() as http:
+        assert await _readyz_becomes(http, url, 503, within=15), "a silent worker was not noticed"
+        assert await _readyz_becomes(http, url, 200, within=120), "the wedged worker was not replaced"
+    assert not _running(old_pid) and victim.process.pid != old_pid and victim.restarts == 1
