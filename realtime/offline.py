@@ -39,7 +39,7 @@ import numpy as np
 
 from realtime.media import MODEL_RATE, AudioClip, MediaError, decode_audio, iter_source_frames, sniff_audio
 from realtime.motion import CONTROL_RANGES
-from realtime.yuv import I420Converter
+from realtime.yuv import I420Converter, i420_frame
 
 if TYPE_CHECKING:
     from realtime.avatar import AvatarBundle
@@ -218,7 +218,6 @@ class Mp4Writer:
         self.fps = fps
         self.size = size
         self.frames_written = 0
-        self._zero_copy = height % 4 == 0
         self._container = av.open(str(path), mode="w", format="mp4", options={"movflags": "+faststart"})
         try:
             video = self._container.add_stream("libx264", rate=fps)
@@ -275,12 +274,7 @@ class Mp4Writer:
         """
         # Wrapping the buffer costs nothing; from_ndarray would copy it twice holding the GIL,
         # which the render threads need (a fifth of the GIL's busy time in a 512x512 job).
-        # PyAV's wrapper gets the height wrong unless it is a multiple of 4 (a 334-high frame
-        # comes out 332 high), so other heights are copied.
-        if self._zero_copy:
-            frame = av.VideoFrame.from_numpy_buffer(np.ascontiguousarray(yuv), format="yuv420p")
-        else:
-            frame = av.VideoFrame.from_ndarray(yuv, format="yuv420p")
+        frame = i420_frame(yuv)
         frame.pts = self.frames_written
         frame.time_base = self._video_time_base
         for packet in self._video.encode(frame):
