@@ -478,11 +478,17 @@ def train(
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         },
     }
-    save(ema, out, meta, history)
+    before_path = Path(init) / "loss_history.json" if init is not None else None
+    before = (
+        json.loads(before_path.read_text()) if before_path is not None and before_path.is_file() else None
+    )
+    save(ema, out, meta, history, before)
     return meta
 
 
-def save(net, out: Path, meta: dict, history: dict[str, list[float]]) -> None:
+def save(
+    net, out: Path, meta: dict, history: dict[str, list[float]], before: dict[str, list[float]] | None = None
+) -> None:
     """Weights, config, ONNX graphs (with a parity check) and the loss-curve plot."""
     import torch
 
@@ -499,27 +505,49 @@ def save(net, out: Path, meta: dict, history: dict[str, list[float]]) -> None:
     (out / "loss_history.json").write_text(
         json.dumps({k: [round(x, 5) for x in v] for k, v in history.items()}) + "\n"
     )
-    plot_loss(history, out / "loss.png")
+    plot_loss(history, out / "loss.png", before)
     if max(diffs.values()) > 1e-3:
         raise RuntimeError(f"ONNX parity check failed: {diffs}")
 
 
-def plot_loss(history: dict[str, list[float]], path: Path) -> None:
-    """Training loss (smoothed) and validation loss against steps."""
+def plot_loss(
+    history: dict[str, list[float]], path: Path, before: dict[str, list[float]] | None = None
+) -> None:
+    """Training loss (smoothed) and validation loss against steps; a fine-tuning run also shows the
+    curves of the run it started from (``before``, grey), its own steps continuing theirs."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
-    steps = np.asarray(history["step"])
+    offset = 0
+    if before and before.get("step"):
+        offset = int(before["step"][-1])
+        b_loss = np.asarray(before["loss"])
+        k = max(1, b_loss.size // 100)
+        smooth = np.convolve(b_loss, np.ones(k) / k, mode="valid")
+        ax.plot(
+            np.asarray(before["step"])[: smooth.size] + k // 2,
+            smooth,
+            color="0.6",
+            label="starting run: train",
+        )
+        if before.get("val"):
+            ax.plot(
+                before["val_step"], before["val"], "o-", color="0.3", ms=3, label="starting run: validation"
+            )
+        ax.axvline(offset, color="k", lw=0.8, ls="--")
+    steps = np.asarray(history["step"]) + offset
     loss = np.asarray(history["loss"])
     if loss.size:
         k = max(1, loss.size // 100)
         smooth = np.convolve(loss, np.ones(k) / k, mode="valid")
         ax.plot(steps[: smooth.size] + k // 2, smooth, label="train (smoothed)")
     if history["val"]:
-        ax.plot(history["val_step"], history["val"], "o-", label="validation (EMA weights)")
+        ax.plot(
+            np.asarray(history["val_step"]) + offset, history["val"], "o-", label="validation (EMA weights)"
+        )
     ax.set_xlabel("step")
     ax.set_ylabel("flow-matching loss")
     ax.set_yscale("log")
@@ -587,6 +615,18 @@ def cli_main(argv: list[str]) -> int:
     return 0
 
 
+def _init_line(tr: dict) -> str:
+    """Model-card line naming the weights a fine-tuning run started from (empty for a run from scratch)."""
+    base = tr.get("init_training")
+    if not base:
+        return ""
+    return (
+        f"- Fine-tuned from `{tr['init']}`: {base['steps']} steps on `{base['corpus']}` "
+        f"({base['train_utterances']} train utterances, closure weight {base.get('closure_weight', 0.0)}, "
+        f"lr {base['lr']}, seed {base['seed']}, {base['date']}).\n"
+    )
+
+
 def write_model_card(out: Path, eval_summary: str = "") -> Path:
     """``MODEL_CARD.md`` from ``config.json`` (data, command, training figures) plus evaluation text."""
     meta = json.loads((out / "config.json").read_text())
@@ -634,7 +674,7 @@ talking avatar. A few-step flow-matching denoiser over a sliding window of motio
   --steps {tr.get("step_cap", tr["steps"])} --closure-weight {tr.get("closure_weight", 0.0)}` on the 2-core
   CPU dev machine (shared with other jobs). The step cap ends the run (`--minutes` is only a safety
   limit; stopped early: {tr.get("stopped_early", "n/a")}), so the result does not depend on machine speed.
-- Loss: flow-matching MSE, mouth channels x{MOUTH_WEIGHT}, and x{MOUTH_WEIGHT} more per unit of closure weight
+{_init_line(tr)}- Loss: flow-matching MSE, mouth channels x{MOUTH_WEIGHT}, and x{MOUTH_WEIGHT} more per unit of closure weight
   on frames inside p/b/m segments.
 - Steps: {tr["steps"]}, batch {tr["batch_size"]}, AdamW lr {tr["lr"]} (warm-up, cosine), EMA 0.999,
   {tr["train_seconds"] / 60:.1f} min of training after {tr["cache_seconds"] / 60:.1f} min of caching.
