@@ -63,6 +63,11 @@ SIZES = {
     # full: ~1.2 h of clean TTS (15 voices x 90 x ~3.2 s; 4 voices held out), all of festvox-ru (1.66 h),
     # Allison (0.35 h, test), plus augmented copies of 30% of train/val; then 110 more training utterances per
     # training voice (+1.1 h), so English TTS outweighs the Russian real speech in training.
+    # full-base: full without the extra training utterances (the corpus of the first training stage of the
+    # shipped weights, see models/motion/MODEL_CARD.md); test and val are identical to full's.
+    "full-base": SizeSpec(
+        per_tts_voice=90, festvox_ru=620, allison=1000, augment_fraction=0.3, val_fraction=0.05
+    ),
     "full": SizeSpec(
         per_tts_voice=90,
         festvox_ru=620,
