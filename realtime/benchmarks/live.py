@@ -235,7 +235,7 @@ def analyse(client: Any, onsets: list[float], fps: int, meter: MouthMeter) -> di
         lat_mouth.append(lat)
         a_sel = np.flatnonzero((a_arr >= s) & (a_arr < s + 0.8) & (a_rms > 0.02))
         if len(a_sel):
-            av.append(lat - float(a_arr[a_sel[0]] - s))
+            av.append((s - started, lat - float(a_arr[a_sel[0]] - s)))
     return {
         "frames": len(video),
         "fps": (len(video) - 1) / span if span > 0 else 0.0,
@@ -375,7 +375,10 @@ async def measure(
     per = [analyse(c, onsets, args.fps, meter) for c in clients]
     delays = [_audio_delays(c) for c in clients]
     lat = np.array([x for p in per for x in p["latency_mouth"]])
-    av = np.array([x for p in per for x in p["av_offset"]])
+    av = np.array([x for p in per for _, x in p["av_offset"]])
+    half = args.seconds / 2
+    early = [x for p in per for t, x in p["av_offset"] if t < half]
+    late = [x for p in per for t, x in p["av_offset"] if t >= half]
     result.update(
         {
             "cpu_per_session_pct": round(100.0 * (cpu1 - cpu0) / (t1 - t0) / max(args.sessions, 1), 1),
@@ -396,6 +399,10 @@ async def measure(
                 (i["pipeline_delay_ms"] for i in infos if "pipeline_delay_ms" in i), None
             ),
             "av_offset_p50_ms": round(float(np.median(av)) * 1000, 1) if len(av) else None,
+            # mouth-vs-voice offset in the first and the second half of the run: its drift
+            "av_offset_p50_ms_first_second_half": [
+                round(float(np.median(x)) * 1000, 1) if x else None for x in (early, late)
+            ],
             # the returned voice's send -> arrival delay at 8 evenly spaced points of each session
             "audio_delay_ms_over_run": [
                 [None if d is None else round(d * 1000, 1) for d in ds] for ds in delays
@@ -431,9 +438,12 @@ def cli_main(argv: list[str]) -> int:
         parser.error("--sessions must be >= 1 and --seconds >= 5")
     work = Path(tempfile.mkdtemp(prefix="bench-live-"))
     pcm, onsets = make_speech(args.seconds + 2, work)
-    # latency is measured on the first 120 onsets only: crops near every onset of a long soak would
-    # not fit in memory, and the soak is about drift and memory
-    meter = MouthMeter(args.resolution, str(work / "avatars"), onsets[:120])
+    # latency is measured on at most 120 onsets, the first and the last 60 of a long soak: crops near
+    # every onset would not fit in memory, and both ends are what the A/V drift compares
+    usable = [t for t in onsets if t < args.seconds - 1.0]
+    meter = MouthMeter(
+        args.resolution, str(work / "avatars"), usable if len(usable) <= 120 else usable[:60] + usable[-60:]
+    )
     extra = [] if args.margin_ms is None else [f"live.latency_margin_ms={args.margin_ms}"]
     extra += args.overrides
     server, url = start_server(args.sessions, work / "avatars", extra)
