@@ -67,9 +67,12 @@ FILL_KEEP = 0.02
 ARRIVAL_MARGIN = 0.045
 # Time allowed for the model + render of a chunk beyond the model's algorithmic latency.
 COMPUTE_MARGIN = 0.045
-# The timeline may run this far ahead of the wall clock before quiet input is dropped to catch up,
-# and this far before any input is.
-MAX_AHEAD = 0.01
+# How far the timeline may run ahead of the wall clock before quiet input is dropped to catch up
+# (MAX_BACKLOG: before any input is). ``ahead`` is measured as a 20 ms frame arrives, before it is
+# added, so -20 ms keeps each frame's end at or behind the wall clock, where audio lands in a fresh
+# session. Audio ahead of that only adds latency. The former +10 ms let the timeline stay ~30 ms
+# ahead after an event-loop stall, adding that much latency for the rest of the session (measured).
+MAX_AHEAD = -0.02
 MAX_BACKLOG = 0.5
 QUIET_RMS = 10 ** (-40 / 20)
 # Audio waiting for the model (seconds) above which the sampler takes fewer steps.
