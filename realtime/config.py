@@ -45,7 +45,7 @@ class LiveConfig:
     smooth_motion: float = 0.0
     align_mouth: float = 0.0
     # Playout delay beyond the model's lookahead: audio arrival jitter + compute time (ms).
-    latency_margin_ms: float = 90.0
+    latency_margin_ms: float = 50.0
 
 
 @dataclass(frozen=True)
