@@ -642,7 +642,9 @@ talking avatar. A few-step flow-matching denoiser over a sliding window of motio
 
 ## Model
 
-- Architecture: `realtime/model.py` `MotionDenoiser`: per-frame audio MLP over {cfg["audio_frames"]} log-mel frames
+- Architecture: `realtime/model.py` `MotionDenoiser`: per-frame audio MLP over {
+        cfg["audio_frames"]
+    } log-mel frames
   ({cfg["n_mels"]} bands, 10 ms hop, 25 ms window), then {cfg["n_layers"]} residual 1-D conv blocks
   (hidden {cfg["hidden"]}, kernel {cfg["kernel"]}, FiLM on the flow time), a learned null-audio embedding.
 - Parameters: {tr["parameters"]:,}. Files: `motion.pt` (torch state dict), `audio_encoder.onnx` +
@@ -650,16 +652,22 @@ talking avatar. A few-step flow-matching denoiser over a sliding window of motio
 - Lookahead: {cfg["lookahead_ms"]} ms. Streaming chunk: {chunk} frame(s) ({chunk * 40} ms at 25 fps,
   {chunk * 33.3:.0f} ms at 30 fps); `latency_ms` = {chunk * 1000 / 25 + cfg["lookahead_ms"]:.0f} at 25 fps
   ({chunk * 1000 / 30 + cfg["lookahead_ms"]:.1f} at 30 fps).
-- Context: the last {cfg["context_frames"]} emitted frames (inpainted). Offline windows: {cfg["max_new_frames"]} new frames.
+- Context: the last {cfg["context_frames"]} emitted frames (inpainted). Offline windows: {
+        cfg["max_new_frames"]
+    } new frames.
 - Sampler: Euler on the rectified-flow ODE, default {cfg["default_steps"]} steps (1..8 allowed).
   `dynamic_scale` is classifier-free guidance on the mouth channels against the null-audio branch.
-  Mouth-channel initial noise is scaled by {cfg.get("mouth_temperature", 0.3)} (mouth targets are deterministic
+  Mouth-channel initial noise is scaled by {
+        cfg.get("mouth_temperature", 0.3)
+    } (mouth targets are deterministic
   given the phones; full-temperature mouth noise only adds jitter).
 - ONNX parity (max abs diff torch vs onnxruntime): {tr.get("onnx_parity_max_abs")}.
 
 ## Data
 
-- Corpus: `{tr["corpus"]}`, split `train`: {tr["train_utterances"]} utterances, {tr["train_minutes_audio"]} min
+- Corpus: `{tr["corpus"]}`, split `train`: {tr["train_utterances"]} utterances, {
+        tr["train_minutes_audio"]
+    } min
   of audio after silence padding; `val`: {tr["val_utterances"]} utterances (validation loss only).
   Built by `avatar data build` (TTS voices flite/festival/MBROLA/pico and festvox-ru real Russian speech;
   held-out voices and the Allison real-speech prompts are never trained on, see docs/DATA.md).
@@ -671,10 +679,14 @@ talking avatar. A few-step flow-matching denoiser over a sliding window of motio
 ## Training
 
 - Command: `nice -n 19 avatar train --corpus {tr["corpus"]} --out models/motion --seed {tr["seed"]}
-  --steps {tr.get("step_cap", tr["steps"])} --closure-weight {tr.get("closure_weight", 0.0)}` on the 2-core
+  --steps {tr.get("step_cap", tr["steps"])} --lr {tr["lr"]} --closure-weight {tr.get("closure_weight", 0.0)}{
+        f" --init {tr['init']}" if tr.get("init") else ""
+    }` on the 2-core
   CPU dev machine (shared with other jobs). The step cap ends the run (`--minutes` is only a safety
   limit; stopped early: {tr.get("stopped_early", "n/a")}), so the result does not depend on machine speed.
-{_init_line(tr)}- Loss: flow-matching MSE, mouth channels x{MOUTH_WEIGHT}, and x{MOUTH_WEIGHT} more per unit of closure weight
+{_init_line(tr)}- Loss: flow-matching MSE, mouth channels x{MOUTH_WEIGHT}, and x{
+        MOUTH_WEIGHT
+    } more per unit of closure weight
   on frames inside p/b/m segments.
 - Steps: {tr["steps"]}, batch {tr["batch_size"]}, AdamW lr {tr["lr"]} (warm-up, cosine), EMA 0.999,
   {tr["train_seconds"] / 60:.1f} min of training after {tr["cache_seconds"] / 60:.1f} min of caching.
