@@ -30,9 +30,12 @@ Objective
 Fine-tuning: ``--init DIR`` starts from the weights in ``DIR`` (same architecture; its normalisation
 stats are kept).
 
-Reproduce the shipped weights (2-core CPU, see models/motion/MODEL_CARD.md)::
+Reproduce the shipped weights (2-core CPU; two stages, see models/motion/MODEL_CARD.md)::
 
-    nice -n 19 avatar train --corpus data/corpus --out models/motion --seed 0 --threads 2 --workers 2
+    nice -n 19 avatar train --corpus data/corpus_base --out /tmp/base --seed 0 --closure-weight 0 \
+        --threads 2 --workers 2                                       # 20,000 steps, --size full-base
+    nice -n 19 avatar train --corpus data/corpus --out models/motion --init /tmp/base --steps 2500 \
+        --lr 0.0005 --closure-weight 2 --seed 0 --threads 2 --workers 2   # --size full
 """
 
 from __future__ import annotations
