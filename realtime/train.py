@@ -32,10 +32,11 @@ stats are kept).
 
 Reproduce the shipped weights (2-core CPU; two stages, see models/motion/MODEL_CARD.md)::
 
-    nice -n 19 avatar train --corpus data/corpus_base --out /tmp/base --seed 0 --closure-weight 0 \
-        --threads 2 --workers 2                                       # 20,000 steps, --size full-base
-    nice -n 19 avatar train --corpus data/corpus --out models/motion --init /tmp/base --steps 2500 \
-        --lr 0.0005 --closure-weight 2 --seed 0 --threads 2 --workers 2   # --size full
+    # stage 1: 20,000 steps on an `avatar data build --size full-base` corpus
+    nice -n 19 avatar train --corpus data/corpus_base --out /tmp/base --seed 0 --closure-weight 0
+    # stage 2: fine-tune on the `--size full` corpus (one command line; both with --threads 2 --workers 2)
+    nice -n 19 avatar train --corpus data/corpus --out models/motion --init /tmp/base --steps 2500
+        --lr 0.0005 --closure-weight 2 --seed 0
 """
 
 from __future__ import annotations
