@@ -67,17 +67,18 @@ _FADE_S = 1
 # Frames per render task (at 512x512; fewer at larger sizes): small enough that other users of the
 # executor get a turn every ~10 ms, large enough to amortise the hand-off.
 _CHUNK = 6
-# The default encoder setting "fast": x264 veryfast with a cheaper motion search, a short lookahead
-# and no scene-cut analysis (a talking head has no cuts; keyframes still come every 250 frames for
-# seeking). On avatar video (a still background, a moving face) it costs 36% less CPU than plain
-# veryfast at 1.4 dB lower PSNR (39.6 dB) and a smaller file; any x264 preset name is used as is.
-# x264 keeps its own frame threads: in one thread it needed 7% less CPU, but the job's thread then
-# encodes inline and the GIL-bound render threads cannot hide behind it (6-20% slower wall clock,
-# alternating runs on the same busy machine).
+# The default encoder setting "fast": x264 veryfast with a cheaper motion search, a short lookahead,
+# no scene-cut analysis (a talking head has no cuts; keyframes still come every 250 frames for
+# seeking) and one encoder thread. On avatar video (a still background, a moving face) it costs 40%
+# less CPU than plain veryfast at 1.4 dB lower PSNR (39.6 dB) and a smaller file; any x264 preset
+# name is used as is. One thread: with one render thread on the other core (see generate_video),
+# x264's frame threads only added CPU (0.76 against 0.71 ms a frame, the same bitstream) and were
+# slower on 2 idle cores (median 21.0x against 21.8x real time at 512x512, alternating runs; on a
+# busy machine they grab more of a contended CPU and were faster).
 FAST = "fast"
 _FAST_X264 = {
     "preset": "veryfast",
-    "x264-params": "me=dia:subme=1:weightp=0:mixed-refs=0:rc-lookahead=5:b-adapt=0:scenecut=0",
+    "x264-params": "me=dia:subme=1:weightp=0:mixed-refs=0:rc-lookahead=5:b-adapt=0:scenecut=0:threads=1",
 }
 _AAC_RATES = (96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050, 16000, 12000, 11025, 8000)
 
