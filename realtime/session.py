@@ -91,7 +91,7 @@ class SessionParams:
     avatar: str = "default"
     fps: int = 25
     resolution: int = 512
-    inference_steps: int = 4
+    inference_steps: int = 3
     dynamic_scale: float = 1.0
     motion_scale: float = 1.0
     smooth_motion: float = 0.0
