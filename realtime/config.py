@@ -23,7 +23,7 @@ class ServerConfig:
     host: str = "0.0.0.0"
     port: int = 8080
     ice_servers: tuple[dict[str, Any], ...] = ()
-    max_sessions: int = 2
+    max_sessions: int = 4
     workers: int = 0
     session_idle_timeout: float = 60.0
     connect_timeout: float = 20.0
