@@ -42,9 +42,22 @@ RETRY_AFTER_S = 5
 AUDIO_PREFETCH = 1
 
 
-def _error(status: int, message: str, **extra: Any) -> web.Response:
+def json_reply(data: Any, status: int = 200) -> web.Response:
+    """A JSON answer; a 503 (full or unavailable) says when to retry."""
     headers = {"Retry-After": str(RETRY_AFTER_S)} if status == 503 else None
-    return web.json_response({"success": False, "error": message, **extra}, status=status, headers=headers)
+    return web.json_response(data, status=status, headers=headers)
+
+
+def _error(status: int, message: str, **extra: Any) -> web.Response:
+    return json_reply({"success": False, "error": message, **extra}, status)
+
+
+def server_full(request: web.Request, max_sessions: int) -> web.Response:
+    """503 for an offer while every live-session slot is taken (counted in the rejection metric)."""
+    from realtime.app import METRICS_KEY
+
+    request.app[METRICS_KEY].http_rejected.labels(reason="sessions_full").inc()
+    return _error(503, f"server full: {max_sessions} live sessions are open; retry later")
 
 
 def ice_configuration(servers: tuple[dict[str, Any], ...]) -> RTCConfiguration:
@@ -88,8 +101,7 @@ async def offer(request: web.Request) -> web.Response:
     except ParamError as exc:
         return _error(400, str(exc))
     if len(registry) >= config.server.max_sessions:
-        metrics.http_rejected.labels(reason="sessions_full").inc()
-        return _error(503, f"server full: {config.server.max_sessions} live sessions are open; retry later")
+        return server_full(request, config.server.max_sessions)
 
     registry.pending += 1
     pc: RTCPeerConnection | None = None

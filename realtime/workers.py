@@ -27,7 +27,7 @@ import signal
 import tempfile
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
@@ -38,6 +38,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
 from realtime.config import Config
+from realtime.live_api import json_reply, server_full, upload_avatar
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,6 @@ MAX_BACKOFF = 60.0
 # Signaling through a worker: ICE gathering on loopback takes well under a second.
 OFFER_TIMEOUT = 30.0
 QUERY_TIMEOUT = 5.0
-RETRY_AFTER_S = 5
 
 
 class WorkerUnavailable(RuntimeError):
@@ -76,7 +76,6 @@ class Worker:
     next_start: float = 0.0
     health_failures: int = 0
     checked_at: float = 0.0
-    started_at: float = field(default_factory=time.monotonic)
 
     @property
     def alive(self) -> bool:
@@ -143,7 +142,6 @@ class WorkerPool:
         )
         w.process.start()
         w.ready = False
-        w.started_at = time.monotonic()
 
     async def _wait_ready(self, w: Worker) -> None:
         deadline = time.monotonic() + START_TIMEOUT
@@ -181,7 +179,6 @@ class WorkerPool:
         lost = [sid for sid, i in self.owner.items() if i == w.index]
         for sid in lost:
             self.owner.pop(sid, None)
-        w.ready = False
         backoff = min(MAX_BACKOFF, 2.0 ** min(w.restarts, 6))
         w.restarts += 1
         w.next_start = time.monotonic() + backoff
@@ -302,7 +299,7 @@ class WorkerPool:
         sessions = await self.snapshot()
         total = sum(len(s) for s in sessions.values()) + sum(w.pending for w in self.workers)
         if total >= self.config.server.max_sessions:
-            raise PoolFull(total)
+            raise PoolFull
         candidates = [w for w in self.workers if w.index in sessions]
         if not candidates:
             return None
@@ -347,27 +344,18 @@ class WorkerPool:
 class PoolFull(Exception):
     """Every live-session slot of the server is taken."""
 
-    def __init__(self, total: int) -> None:
-        super().__init__(f"{total} live sessions are open")
-        self.total = total
-
 
 POOL_KEY = web.AppKey("worker_pool", WorkerPool)
 
 
 # -- the front's live endpoints ---------------------------------------------------------------------
-def _reply(status: int, data: Any) -> web.Response:
-    headers = {"Retry-After": str(RETRY_AFTER_S)} if status == 503 else None
-    return web.json_response(data, status=status, headers=headers)
-
-
 def _unavailable(message: str) -> web.Response:
-    return _reply(503, {"success": False, "error": message})
+    return json_reply({"success": False, "error": message}, 503)
 
 
 async def offer(request: web.Request) -> web.Response:
     """``POST /offer`` on the front: the least-loaded worker answers it."""
-    from realtime.app import CONFIG_KEY, METRICS_KEY
+    from realtime.app import CONFIG_KEY
 
     pool, config = request.app[POOL_KEY], request.app[CONFIG_KEY]
     body = await request.read()  # already checked as JSON with a usable SDP by the limits middleware
@@ -375,10 +363,7 @@ async def offer(request: web.Request) -> web.Response:
         try:
             worker = await pool.choose()
         except PoolFull:
-            request.app[METRICS_KEY].http_rejected.labels(reason="sessions_full").inc()
-            return _unavailable(
-                f"server full: {config.server.max_sessions} live sessions are open; retry later"
-            )
+            return server_full(request, config.server.max_sessions)
     if worker is None:
         return _unavailable("no live worker is ready (starting or restarting); retry later")
     try:
@@ -390,7 +375,7 @@ async def offer(request: web.Request) -> web.Response:
         worker.pending -= 1
     if status == 200 and isinstance(data, dict) and "session_id" in data:
         pool.owner[data["session_id"]] = worker.index
-    return _reply(status, data)
+    return json_reply(data, status)
 
 
 async def list_sessions(request: web.Request) -> web.Response:
@@ -424,7 +409,7 @@ async def _session_call(request: web.Request, method: str) -> web.Response:
         data = dict(data, worker=worker.index)
     if method == "DELETE" and status == 200:
         pool.owner.pop(sid, None)
-    return _reply(status, data)
+    return json_reply(data, status)
 
 
 async def get_session(request: web.Request) -> web.Response:
@@ -446,8 +431,6 @@ async def _pool_ctx(app: web.Application) -> AsyncIterator[None]:
 
 def setup_front(app: web.Application, config: Config) -> None:
     """The live endpoints of a front: forwarded to ``config.server.workers`` worker processes."""
-    from realtime import live_api
-
     app[POOL_KEY] = WorkerPool(config)
     app.cleanup_ctx.append(_pool_ctx)
     app.router.add_post("/offer", offer)
@@ -455,7 +438,7 @@ def setup_front(app: web.Application, config: Config) -> None:
     app.router.add_get("/sessions/{session_id}", get_session)
     app.router.add_delete("/sessions/{session_id}", delete_session)
     # uploads register on the front; workers load the bundle from the shared on-disk cache by key
-    app.router.add_post("/api/avatars", live_api.upload_avatar)
+    app.router.add_post("/api/avatars", upload_avatar)
 
 
 # -- the worker process ------------------------------------------------------------------------------

@@ -326,8 +326,7 @@ async def measure(
         "sessions": args.sessions,
         "seconds": args.seconds,
         "resolution": args.resolution,
-        "server_settings": list(args.overrides)
-        + ([] if args.margin_ms is None else [f"live.latency_margin_ms={args.margin_ms}"]),
+        "server_settings": list(args.overrides),
     }
     async with aiohttp.ClientSession() as http:
         deadline = time.monotonic() + 180
@@ -444,9 +443,9 @@ def cli_main(argv: list[str]) -> int:
     meter = MouthMeter(
         args.resolution, str(work / "avatars"), usable if len(usable) <= 120 else usable[:60] + usable[-60:]
     )
-    extra = [] if args.margin_ms is None else [f"live.latency_margin_ms={args.margin_ms}"]
-    extra += args.overrides
-    server, url = start_server(args.sessions, work / "avatars", extra)
+    if args.margin_ms is not None:
+        args.overrides.append(f"live.latency_margin_ms={args.margin_ms}")
+    server, url = start_server(args.sessions, work / "avatars", args.overrides)
     try:
         result = asyncio.run(measure(args, server, url, pcm, onsets, meter))
     finally:
