@@ -11,6 +11,7 @@ import asyncio
 import json
 import logging
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
@@ -280,12 +281,23 @@ async def close_all(app: web.Application) -> None:
     await asyncio.gather(*(s.aclose("server shutting down") for s in sessions), return_exceptions=True)
 
 
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def add_live_routes(
+    app: web.Application, offer: Handler, sessions: Handler, get: Handler, delete: Handler
+) -> None:
+    """The live API's routes, the same in every deployment; avatar uploads are always handled here."""
+    app.router.add_post("/offer", offer)
+    app.router.add_get("/sessions", sessions)
+    app.router.add_get("/sessions/{session_id}", get)
+    app.router.add_delete("/sessions/{session_id}", delete)
+    # with worker processes the front registers uploads; workers load them from the on-disk cache
+    app.router.add_post("/api/avatars", upload_avatar)
+
+
 def setup_live(app: web.Application) -> None:
     """Register ``POST /offer``, the session endpoints and avatar upload; close sessions on shutdown."""
     app[SESSIONS_KEY] = SessionRegistry()
-    app.router.add_post("/offer", offer)
-    app.router.add_get("/sessions", list_sessions)
-    app.router.add_get("/sessions/{session_id}", get_session)
-    app.router.add_delete("/sessions/{session_id}", delete_session)
-    app.router.add_post("/api/avatars", upload_avatar)
+    add_live_routes(app, offer, list_sessions, get_session, delete_session)
     app.on_shutdown.append(close_all)

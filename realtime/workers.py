@@ -38,7 +38,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
 from realtime.config import Config
-from realtime.live_api import json_reply, server_full, upload_avatar
+from realtime.live_api import add_live_routes, json_reply, server_full
 
 log = logging.getLogger(__name__)
 
@@ -433,12 +433,7 @@ def setup_front(app: web.Application, config: Config) -> None:
     """The live endpoints of a front: forwarded to ``config.server.workers`` worker processes."""
     app[POOL_KEY] = WorkerPool(config)
     app.cleanup_ctx.append(_pool_ctx)
-    app.router.add_post("/offer", offer)
-    app.router.add_get("/sessions", list_sessions)
-    app.router.add_get("/sessions/{session_id}", get_session)
-    app.router.add_delete("/sessions/{session_id}", delete_session)
-    # uploads register on the front; workers load the bundle from the shared on-disk cache by key
-    app.router.add_post("/api/avatars", upload_avatar)
+    add_live_routes(app, offer, list_sessions, get_session, delete_session)
 
 
 # -- the worker process ------------------------------------------------------------------------------
