@@ -161,6 +161,9 @@ class SessionStats:
     frames_rendered: int = 0
     frames_skipped_late: int = 0
     steps_changes: int = 0
+    # why each repeated frame repeated: its audio had not arrived (input), the audio was there but
+    # the frame was not ready (compute), or the send loop fell behind and skipped it (send)
+    repeats: dict[str, int] = field(default_factory=lambda: {"input": 0, "compute": 0, "send": 0})
     latencies: deque = field(default_factory=lambda: deque(maxlen=500))
 
 
@@ -487,6 +490,7 @@ class LiveSession:
             self.metrics.frames_sent.inc()
         if dropped:
             self.metrics.frames_dropped.inc()
+            self.stats.repeats[self._repeat_cause(n)] += 1
         if ready is None or n < 0:
             return
         latency = self._latency_of(n)
@@ -497,6 +501,13 @@ class LiveSession:
             msg = {**ready.payload, "latency": None if latency is None else round(latency, 4)}
             for ch in list(self.channels):
                 self._send(ch, msg)
+
+    def _repeat_cause(self, n: int) -> str:
+        """Why frame ``n`` repeated: which side of the pipeline to look at first."""
+        if n < 0:
+            return "send"
+        needed = (n / self.fps + self.model_delay) * RATE
+        return "input" if self.ingest.clock < needed else "compute"
 
     def _latency_of(self, n: int) -> float | None:
         """Wall time from the arrival of frame n's audio sample to now (only for real audio)."""
@@ -627,6 +638,7 @@ class LiveSession:
             "first_frame_s": first,
             "frames_sent": self.video.sent,
             "frames_dropped": self.video.dropped,
+            "frames_dropped_by_cause": dict(self.stats.repeats),
             "frames_rendered": self.stats.frames_rendered,
             "frames_skipped_late": self.stats.frames_skipped_late,
             "sampler_steps": getattr(self.stream, "steps", None),
@@ -647,6 +659,7 @@ class LiveSession:
             "data_channels": [getattr(c, "label", "") for c in self.channels],
             "channels": list(CHANNELS),
             "video_encoder": self._video_encoder(),
+            "audio_encoder": self.audio.encoder,
         }
 
     def _video_encoder(self) -> str | None:

@@ -388,6 +388,7 @@ async def measure(
             "sessions_closed_early": sum(1 for i in infos if i.get("closed_early")),
             "frames_sent_server": [i.get("frames_sent") for i in infos],
             "frames_dropped_server": [i.get("frames_dropped") for i in infos],
+            "frames_dropped_by_cause": [i.get("frames_dropped_by_cause") for i in infos],
             "pts_gaps_client": [p["pts_gaps"] for p in per],
             "first_frame_after_answer_ms": [round(1000 * p["first_frame_s"], 1) for p in per],
             "latency_onsets": int(len(lat)),
