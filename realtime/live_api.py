@@ -20,7 +20,7 @@ from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSession
 from realtime.logs import session_logger
 from realtime.motion import neutral
 from realtime.session import LiveSession, ParamError, SessionParams
-from realtime.tracks import use_avatar_encoder
+from realtime.tracks import use_avatar_encoder, use_opus_packets
 
 log = logging.getLogger(__name__)
 
@@ -161,6 +161,8 @@ async def offer(request: web.Request) -> web.Response:
             return _error(400, f"cannot answer this SDP offer: {exc or type(exc).__name__}")
         if "video" in kinds and not use_avatar_encoder(pc):
             slog.info("video codec is not VP8: aiortc's own encoder settings apply")
+        if not use_opus_packets(pc, session.audio):
+            slog.info("audio codec is not Opus: aiortc encodes the returned voice")
         registry.sessions[session.id] = session
         metrics.sessions_active.inc()
         session.start()

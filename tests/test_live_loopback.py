@@ -151,6 +151,7 @@ def returned_delay(rec: Recording) -> tuple[int, float]:
 def test_session_reports_and_closes_when_the_peer_leaves(rec: Recording) -> None:
     assert rec.info["connection"] == "connected" and rec.info["state"] == "connected"
     assert rec.info["video_encoder"] == "AvatarVp8Encoder"  # our libvpx settings, not aiortc's
+    assert rec.info["audio_encoder"] == "opus-mono"  # the voice is encoded by our track, mono
     assert (
         rec.info["speech_frames"] > 20 and rec.info["frames_sent"] > 0 and rec.info["audio_frames_in"] > 100
     )

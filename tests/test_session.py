@@ -148,3 +148,28 @@ async def test_audio_track_replays_ring_on_the_same_clock() -> None:
     track.stop()
     with pytest.raises(Exception):  # noqa: B017 - aiortc's MediaStreamError once stopped
         await asyncio.wait_for(track.recv(), 1)
+
+
+async def test_audio_track_sends_mono_opus_packets_on_the_timeline() -> None:
+    import av
+
+    clock = PlayoutClock(t0=time.monotonic(), delay=0.0)
+    ring = SampleRing()
+    x = (np.sin(2 * np.pi * 440 * np.arange(48000) / 48000) * 0.5).astype(np.float32)
+    ring.write(0, x)
+    track = AvatarAudioTrack(clock, ring)
+    track.encode_opus()
+    assert track.encoder == "opus-mono"
+    packets = [await track.recv() for _ in range(25)]
+    track.stop()
+    assert all(isinstance(p, av.Packet) for p in packets)
+    assert [p.pts for p in packets] == [k * AUDIO_SAMPLES for k in range(25)]  # RTP time = timeline
+    decoder = av.CodecContext.create("libopus", "r")
+    decoder.sample_rate, decoder.layout = 48000, "mono"
+    got = np.concatenate([f.to_ndarray().reshape(-1) for p in packets for f in decoder.decode(p)])
+    got = got.astype(np.float32) / (32768.0 if got.dtype == np.int16 else 1.0)
+    assert len(got) == 25 * AUDIO_SAMPLES
+    # the 440 Hz tone comes back (after the codec's look-ahead) at about its level
+    spectrum = np.abs(np.fft.rfft(got[4800:]))
+    assert abs(np.argmax(spectrum) * 48000 / len(got[4800:]) - 440) < 5
+    assert 0.25 < float(np.sqrt(np.mean(got[4800:] ** 2))) < 0.45
