@@ -165,6 +165,8 @@ class SessionStats:
     # the frame was not ready (compute), or the send loop fell behind and skipped it (send)
     repeats: dict[str, int] = field(default_factory=lambda: {"input": 0, "compute": 0, "send": 0})
     latencies: deque = field(default_factory=lambda: deque(maxlen=500))
+    # seconds from each rendered frame being ready to its send time (negative: it came too late)
+    slack: deque = field(default_factory=lambda: deque(maxlen=1500))
 
 
 class LiveSession:
@@ -413,7 +415,9 @@ class LiveSession:
             pcm = np.concatenate(parts) if len(parts) > 1 else parts[0]
             self._adapt_steps(len(pcm) / RATE)
             ready = await loop.run_in_executor(self.engine.executor, self._compute, pcm)
+            now = time.monotonic()
             for item in ready:
+                self.stats.slack.append(self.clock.wall(item.index / self.fps) - now)
                 self.frames.put(item)
 
     def _adapt_steps(self, backlog: float) -> None:
@@ -512,12 +516,19 @@ class LiveSession:
     def _latency_of(self, n: int) -> float | None:
         """Wall time from the arrival of frame n's audio sample to now (only for real audio)."""
         pos = int(n * RATE / self.fps)
-        for end, arrival in self._arrivals:
-            if end > pos:
-                if end - pos > 0.1 * RATE:
-                    return None  # the sample was silence the session filled in, not peer audio
-                return time.monotonic() - arrival
-        return None
+        # the chunk that carried sample ``pos``: the oldest one ending after it. Search from the
+        # newest end, since the sample arrived a playout delay (a few chunks) ago, not 10 s ago.
+        found: tuple[int, float] | None = None
+        for item in reversed(self._arrivals):
+            if item[0] <= pos:
+                break
+            found = item
+        if found is None:
+            return None
+        end, arrival = found
+        if end - pos > 0.1 * RATE:
+            return None  # the sample was silence the session filled in, not peer audio
+        return time.monotonic() - arrival
 
     def latency_p50(self) -> float | None:
         if not self.stats.latencies:
@@ -656,6 +667,10 @@ class LiveSession:
                 "p50": round(float(np.percentile(lat, 50)) * 1000, 1),
                 "p95": round(float(np.percentile(lat, 95)) * 1000, 1),
             },
+            # how much earlier than needed frames are ready: the headroom left in the latency margin
+            "frame_slack_ms": None
+            if not self.stats.slack
+            else {f"p{q}": round(float(np.percentile(self.stats.slack, q)) * 1000, 1) for q in (1, 5, 50)},
             "data_channels": [getattr(c, "label", "") for c in self.channels],
             "channels": list(CHANNELS),
             "video_encoder": self._video_encoder(),

@@ -152,6 +152,12 @@ def test_session_reports_and_closes_when_the_peer_leaves(rec: Recording) -> None
     assert rec.info["connection"] == "connected" and rec.info["state"] == "connected"
     assert rec.info["video_encoder"] == "AvatarVp8Encoder"  # our libvpx settings, not aiortc's
     assert rec.info["audio_encoder"] == "opus-mono"  # the voice is encoded by our track, mono
+    # every repeat has a cause; frames are ready before their send time, not after it
+    assert sum(rec.info["frames_dropped_by_cause"].values()) == rec.info["frames_dropped"]
+    assert rec.info["frame_slack_ms"]["p50"] > 0
+    # arrival of a frame's audio -> its send: the playout delay less packetisation, never more
+    delay = rec.info["pipeline_delay_ms"]
+    assert 0.3 * delay < rec.info["latency_ms"]["p50"] < delay + 50, (rec.info["latency_ms"], delay)
     assert (
         rec.info["speech_frames"] > 20 and rec.info["frames_sent"] > 0 and rec.info["audio_frames_in"] > 100
     )

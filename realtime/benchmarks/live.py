@@ -389,6 +389,7 @@ async def measure(
             "frames_sent_server": [i.get("frames_sent") for i in infos],
             "frames_dropped_server": [i.get("frames_dropped") for i in infos],
             "frames_dropped_by_cause": [i.get("frames_dropped_by_cause") for i in infos],
+            "frame_slack_ms": [i.get("frame_slack_ms") for i in infos],
             "pts_gaps_client": [p["pts_gaps"] for p in per],
             "first_frame_after_answer_ms": [round(1000 * p["first_frame_s"], 1) for p in per],
             "latency_onsets": int(len(lat)),
