@@ -6,7 +6,9 @@ Streaming (:class:`MotionStream`)
     at 25 fps, 33 ms at 30 fps), so ``latency_ms = chunk_frames * 1000 / fps + lookahead_ms``
     (100 ms at 25 fps) plus any negative ``align_mouth``. Each chunk is one window: the last
     ``context_frames`` generated frames (known, inpainted) plus the new frames, denoised by the
-    flow-matching sampler in ``inference_steps`` steps. Emitted frames never change. The initial
+    flow-matching sampler in ``inference_steps`` steps; the mouth channels are the clean estimate of
+    the first step (the audio-conditioned mean, see ``MotionConfig.mouth_first_estimate``), the
+    stochastic channels (blinks, brows, head) use every step. Emitted frames never change. The initial
     noise of frame ``n`` is drawn from ``default_rng([seed, n])`` (mouth channels scaled by the
     model's ``mouth_temperature``: mouth targets are deterministic given the phones, so their
     sampling noise is only jitter), so output depends on the seed and the audio, never on how the
@@ -295,7 +297,16 @@ class MotionModel:
                 return out
             return backend.velocity(x, np.full(1, t, np.float32), ctx_full, mask, audio)
 
-        x = sample_euler(velocity, x0, linear_ts(steps))
+        ts = linear_ts(steps)
+        if not self.config.mouth_first_estimate:
+            return np.asarray(sample_euler(velocity, x0, ts)[0, c:], np.float32)
+        # The first call's clean estimate x0 + (1 - t0) v0 is the mouth's output; the remaining
+        # steps (none for steps=1, where the two coincide) refine the stochastic channels.
+        v0 = velocity(x0, float(ts[0]))
+        mouth = x0[..., MOUTH] + (1.0 - float(ts[0])) * v0[..., MOUTH]
+        x = sample_euler(velocity, x0 + (float(ts[1]) - float(ts[0])) * v0, ts[1:])
+        x = np.array(x, np.float32)
+        x[..., MOUTH] = mouth
         return np.asarray(x[0, c:], np.float32)
 
 

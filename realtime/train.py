@@ -339,9 +339,9 @@ def train(
         # network was trained against them).
         from realtime.generator import CONFIG, WEIGHTS
 
-        init_cfg = json.loads((Path(init) / CONFIG).read_text())["config"]
-        if init_cfg != cfg.to_dict():
-            raise ValueError(f"{init}: its model config differs from this run's; cannot start from it")
+        init_cfg = MotionConfig.from_dict(json.loads((Path(init) / CONFIG).read_text())["config"])
+        if init_cfg.architecture() != cfg.architecture():  # sampler settings may differ (defaults change)
+            raise ValueError(f"{init}: its model architecture differs from this run's; cannot start from it")
         net.load_state_dict(torch.load(Path(init) / WEIGHTS, map_location="cpu", weights_only=True))
     else:
         fm, fs, mm, ms = compute_stats(clips)

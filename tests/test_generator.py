@@ -49,6 +49,31 @@ def test_model_metadata(model: MotionModel) -> None:
     assert model.backend_name in ("onnx", "torch")
 
 
+@pytest.mark.parametrize("dynamic_scale", [1.0, 1.5])
+def test_mouth_is_the_first_steps_estimate(model: MotionModel, dynamic_scale: float) -> None:
+    """Mouth channels come from the first velocity call (as with 1 step); the other channels follow
+    the full sampler exactly as without the option."""
+    import copy
+    from dataclasses import replace
+
+    assert model.config.mouth_first_estimate
+    rng = np.random.default_rng(0)
+    c, n = model.config.context_frames, 4
+    ctx = rng.standard_normal((c, N_CHANNELS)).astype(np.float32)
+    audio = rng.standard_normal((c + n, model.config.hidden)).astype(np.float32)
+    noise = rng.standard_normal((n, N_CHANNELS)).astype(np.float32)
+    plain = copy.copy(model)
+    plain.config = replace(model.config, mouth_first_estimate=False)
+    three = model.sample_window(ctx, audio, noise, 3, dynamic_scale)
+    one = model.sample_window(ctx, audio, noise, 1, dynamic_scale)
+    three_plain = plain.sample_window(ctx, audio, noise, 3, dynamic_scale)
+    rest = [i for i in range(N_CHANNELS) if i not in MOUTH]
+    np.testing.assert_allclose(three[:, MOUTH], one[:, MOUTH], atol=1e-5)
+    np.testing.assert_allclose(three[:, rest], three_plain[:, rest], atol=1e-5)
+    np.testing.assert_allclose(one, plain.sample_window(ctx, audio, noise, 1, dynamic_scale), atol=1e-5)
+    assert np.abs(three[:, MOUTH] - three_plain[:, MOUTH]).max() > 1e-3  # the option does something
+
+
 def test_any_chunking_gives_the_same_frames(model: MotionModel, speech_16k: np.ndarray) -> None:
     pcm = speech_16k[:32000]
     ref = _stream_all(model, pcm, [pcm.size])

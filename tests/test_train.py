@@ -67,7 +67,12 @@ def test_tiny_training_produces_a_working_model(tmp_path: Path) -> None:
     history = json.loads((out / "loss_history.json").read_text())
     assert np.isfinite(history["loss"]).all()
     assert np.mean(history["loss"][-10:]) < np.mean(history["loss"][:10])  # it learns something
-    # fine-tuning starts from those weights (same architecture) and records where it started
+    # fine-tuning starts from those weights (same architecture) and records where it started; sampler
+    # settings saved with older weights (another default_steps, no mouth_first_estimate) do not matter
+    old = json.loads((out / "config.json").read_text())
+    old["config"]["default_steps"] = 4
+    old["config"].pop("mouth_first_estimate", None)
+    (out / "config.json").write_text(json.dumps(old))
     out2 = tmp_path / "model2"
     args = ["--corpus", str(corpus), "--out", str(out2), "--tiny", "--seed", "2", "--workers", "1"]
     assert cli_main([*args, "--init", str(out)]) == 0
