@@ -167,6 +167,8 @@ class SessionStats:
     latencies: deque = field(default_factory=lambda: deque(maxlen=500))
     # seconds from each rendered frame being ready to its send time (negative: it came too late)
     slack: deque = field(default_factory=lambda: deque(maxlen=1500))
+    # seconds from the timeline time of each real audio chunk's end to its arrival here
+    arrival_lag: deque = field(default_factory=lambda: deque(maxlen=1500))
 
 
 class LiveSession:
@@ -371,6 +373,7 @@ class LiveSession:
         gated, speech = self.vad.process(chunk.pcm) if chunk.real else (chunk.pcm, False)
         if chunk.real:
             self._arrivals.append((chunk.end, arrival))
+            self.stats.arrival_lag.append(arrival - self.clock.t0 - chunk.end / RATE)
             if speech:
                 self.stats.speech_frames += 1
         else:
@@ -671,6 +674,14 @@ class LiveSession:
             "frame_slack_ms": None
             if not self.stats.slack
             else {f"p{q}": round(float(np.percentile(self.stats.slack, q)) * 1000, 1) for q in (1, 5, 50)},
+            # how long after its timeline time real audio reached the pipeline (packetisation,
+            # network, jitter buffer, decoding): the rest of the playout delay is left for compute
+            "audio_arrival_lag_ms": None
+            if not self.stats.arrival_lag
+            else {
+                f"p{q}": round(float(np.percentile(self.stats.arrival_lag, q)) * 1000, 1)
+                for q in (50, 95, 99)
+            },
             "data_channels": [getattr(c, "label", "") for c in self.channels],
             "channels": list(CHANNELS),
             "video_encoder": self._video_encoder(),

@@ -390,6 +390,7 @@ async def measure(
             "frames_dropped_server": [i.get("frames_dropped") for i in infos],
             "frames_dropped_by_cause": [i.get("frames_dropped_by_cause") for i in infos],
             "frame_slack_ms": [i.get("frame_slack_ms") for i in infos],
+            "audio_arrival_lag_ms": [i.get("audio_arrival_lag_ms") for i in infos],
             "pts_gaps_client": [p["pts_gaps"] for p in per],
             "first_frame_after_answer_ms": [round(1000 * p["first_frame_s"], 1) for p in per],
             "latency_onsets": int(len(lat)),
