@@ -196,6 +196,24 @@ class MouthMeter:
         ref = rgb_to_i420(np.ascontiguousarray(rgb))[: rgb.shape[0]][self.box].astype(np.float32)
         return float(np.abs(crop.astype(np.float32) - ref).mean())
 
+    def host_speed_ms(self, frames: int = 60) -> float:
+        """Median CPU ms to render one frame here, now: a gauge of how fast this shared host runs.
+
+        Taken with nothing else of ours running, before the sessions start. The same code varies
+        by 10-30 % from hour to hour on the shared VM; runs are comparable only at a similar gauge.
+        """
+        from realtime.motion import idx, neutral
+
+        times = []
+        for k in range(-10, frames):  # the first 10 warm caches and are not counted
+            m = neutral()
+            m[idx("jawOpen")] = 0.5 + 0.5 * np.sin(k / 3.0)
+            t = time.thread_time()
+            self.renderer.render(m)
+            if k >= 0:
+                times.append(time.thread_time() - t)
+        return round(1000.0 * float(np.median(times)), 3)
+
     def close(self) -> None:
         self.engine.close()
 
@@ -446,6 +464,7 @@ def cli_main(argv: list[str]) -> int:
     meter = MouthMeter(
         args.resolution, str(work / "avatars"), usable if len(usable) <= 120 else usable[:60] + usable[-60:]
     )
+    host_speed = meter.host_speed_ms()
     if args.margin_ms is not None:
         args.overrides.append(f"live.latency_margin_ms={args.margin_ms}")
     server, url = start_server(args.sessions, work / "avatars", args.overrides)
@@ -460,6 +479,7 @@ def cli_main(argv: list[str]) -> int:
             server.wait()
         meter.close()
         shutil.rmtree(work, ignore_errors=True)
+    result["host_render_ms_before"] = host_speed  # see MouthMeter.host_speed_ms
     text = json.dumps(result, indent=2)
     print(text)
     if args.json is not None:
