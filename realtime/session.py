@@ -77,6 +77,10 @@ MAX_BACKLOG = 0.5
 QUIET_RMS = 10 ** (-40 / 20)
 # Audio waiting for the model (seconds) above which the sampler takes fewer steps.
 DEGRADE_BACKLOG = 0.1
+# After a frame was ready only after its send time, sample with one step fewer for this long: the
+# host is short of CPU, and a step is ~15 % of a frame's compute. The mouth is unaffected (it comes
+# from the sampler's first step); blinks, brows and head motion get a little less varied.
+LATE_HOLD = 10.0
 _AUDIO_QUEUE = 256  # 20 ms chunks: about 5 s of backlog before audio is dropped
 
 
@@ -236,6 +240,7 @@ class LiveSession:
         self._closing: asyncio.Task[None] | None = None
         self._closed = asyncio.Event()
         self._last_real_audio = 0.0
+        self._late_at = -LATE_HOLD  # when a frame was last ready after its send time
         self._last_media = time.monotonic()
         self._last_seen = time.monotonic()
         self._connected_at: float | None = None
@@ -420,30 +425,41 @@ class LiveSession:
             ready = await loop.run_in_executor(self.engine.executor, self._compute, pcm)
             now = time.monotonic()
             for item in ready:
-                self.stats.slack.append(self.clock.wall(item.index / self.fps) - now)
+                slack = self.clock.wall(item.index / self.fps) - now
+                self.stats.slack.append(slack)
+                if slack < 0:
+                    self._late_at = now
                 self.frames.put(item)
 
     def _adapt_steps(self, backlog: float) -> None:
         """Under overload, sample with fewer steps until the backlog clears (late frames are worse).
 
         ``backlog`` is the audio (seconds) waiting for the model. Above DEGRADE_BACKLOG the
-        sampler drops to half its steps, above twice that to one step; it returns to the
-        requested steps once the backlog is back under one 20 ms chunk.
+        sampler drops to half its steps, above twice that to one step. While frames have come
+        late in the last LATE_HOLD seconds it keeps one step fewer than requested. Otherwise it
+        returns to the requested steps once the backlog is back under one 20 ms chunk.
         """
         full = self._full_steps
         if full is None:
             return
+        late = time.monotonic() - self._late_at < LATE_HOLD
         if backlog > 2 * DEGRADE_BACKLOG:
             steps = 1
         elif backlog > DEGRADE_BACKLOG:
             steps = max(1, full // 2)
+        elif late:
+            steps = min(self.stream.steps, max(1, full - 1))
         elif backlog <= 0.021:
             steps = full
         else:
             return
         if steps != self.stream.steps:
             self.log.info(
-                "sampler steps %d -> %d (model backlog %.0f ms)", self.stream.steps, steps, backlog * 1000
+                "sampler steps %d -> %d (model backlog %.0f ms%s)",
+                self.stream.steps,
+                steps,
+                backlog * 1000,
+                ", frames late" if late else "",
             )
             self.stream.steps = steps
             self.stats.steps_changes += 1
@@ -463,6 +479,8 @@ class LiveSession:
             # before the peer is watching only the newest frame matters (it becomes the first one)
             if late or (not started and i < len(motions) - 1):
                 self.stats.frames_skipped_late += 1
+                if late:
+                    self._late_at = now
                 continue
             t = time.perf_counter()
             frame = self._render_frame(m.values)

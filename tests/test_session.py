@@ -173,3 +173,33 @@ async def test_audio_track_sends_mono_opus_packets_on_the_timeline() -> None:
     spectrum = np.abs(np.fft.rfft(got[4800:]))
     assert abs(np.argmax(spectrum) * 48000 / len(got[4800:]) - 440) < 5
     assert 0.25 < float(np.sqrt(np.mean(got[4800:] ** 2))) < 0.45
+
+
+async def test_sampler_steps_drop_one_while_frames_come_late_and_come_back(engine, test_config) -> None:
+    from aiortc import RTCPeerConnection
+
+    from realtime.metrics import Metrics
+    from realtime.motion import neutral
+    from realtime.session import DEGRADE_BACKLOG, LATE_HOLD, LiveSession
+
+    params = SessionParams.defaults(test_config.live)
+    renderer = engine.renderer(engine.avatar("default"), params.resolution)
+    pc = RTCPeerConnection()
+    session = LiveSession(
+        pc, engine, Metrics(), params, renderer, test_config.server, renderer.render(neutral())
+    )
+    full = session.stream.steps
+    assert full == params.inference_steps >= 2
+    session._adapt_steps(0.0)
+    assert session.stream.steps == full  # nothing late: the requested steps
+    session._late_at = time.monotonic()  # a frame was ready after its send time
+    session._adapt_steps(0.0)
+    assert session.stream.steps == full - 1
+    session._adapt_steps(3 * DEGRADE_BACKLOG)
+    assert session.stream.steps == 1  # a real backlog still wins
+    session._adapt_steps(0.0)
+    assert session.stream.steps == 1  # while late, never back up past one step fewer
+    session._late_at = time.monotonic() - LATE_HOLD - 0.1
+    session._adapt_steps(0.0)
+    assert session.stream.steps == full and session.info()["sampler_step_changes"] == 3
+    await session.aclose()
