@@ -22,7 +22,7 @@ Non-verbal (stochastic, deterministic given ``rng``)
       to 1.2..8 s), plus a blink with probability 0.6 at each pause (phrase boundary) of at least
       0.25 s; blinks closer than 0.8 s are merged. Each blink lasts 150-250 ms (fast close, short
       hold, slower open), peaks at 0.9-1.0, and is on both eyes 90% of the time (otherwise
-      one eye at 30-60%).
+      one eye at 30-60%). Generation runs the same process causally (:class:`BlinkTrack`).
     * Head pose: a smoothed Ornstein–Uhlenbeck process per axis (OU low-passed once more, so it
       has no jitter), mean-reverting to neutral (time constant 1.2-2 s, stationary std 1.0-1.8
       degrees, 1.6x wider while speaking), plus nods: each stressed vowel gets a raised-cosine
@@ -42,6 +42,7 @@ noise is drawn on a fixed 100 Hz grid, so the same seed gives the same motion at
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -341,6 +342,30 @@ def _raised_cosine(t: np.ndarray, onset: float, length: float) -> np.ndarray:
     return np.where((u > 0) & (u < 1), 0.5 - 0.5 * np.cos(2 * np.pi * np.clip(u, 0, 1)), 0.0)
 
 
+# The blink model, shared by the training targets and the causal :class:`BlinkTrack` of generation.
+BLINK_GAMMA = (3.0, 1.2)  # shape, scale (s) of the interval between spontaneous blinks: mean 3.6 s
+BLINK_INTERVAL_S = (1.2, 8.0)  # intervals clipped to this range
+BLINK_PHASE_S = 3.0  # the renewal clock starts up to this far before time 0 (random phase)
+BLINK_PAUSE_P = 0.6  # probability of a blink at a pause (phrase boundary)
+BLINK_PAUSE_MIN_S = 0.25  # a pause is a non-speech stretch of at least this after speech
+BLINK_PAUSE_DELAY_S = (0.03, 0.15)  # the pause blink starts this long after its reference time
+BLINK_MERGE_S = 0.8  # an onset this close after the previous kept one is dropped
+
+
+def _blink_draw(rng: np.random.Generator) -> tuple[float, float, float, float]:
+    """One blink's (length s, peak, left gain, right gain); the draw order is part of the targets."""
+    length = float(rng.uniform(0.15, 0.25))
+    amp = float(rng.uniform(0.9, 1.0))
+    if rng.uniform() < 0.9:
+        return length, amp, 1.0, 1.0
+    weak = float(rng.uniform(0.3, 0.6))  # a one-sided (or uneven) blink
+    return (length, amp, 1.0, weak) if rng.uniform() < 0.5 else (length, amp, weak, 1.0)
+
+
+def _blink_interval(rng: np.random.Generator) -> float:
+    return float(np.clip(rng.gamma(*BLINK_GAMMA), *BLINK_INTERVAL_S))
+
+
 def _blink_shape(t: np.ndarray, onset: float, length: float) -> np.ndarray:
     """Fast close (30%), hold (15%), slower open (55%); peak 1."""
     u = (t - onset) / length
@@ -427,7 +452,7 @@ def _speech_mask(parsed: list[tuple[str, float, float]], grid: np.ndarray, energ
     return energy > max(energy.max() - 30.0, -55.0)
 
 
-def _pauses(speech: np.ndarray, grid: np.ndarray, min_len: float = 0.25) -> list[float]:
+def _pauses(speech: np.ndarray, grid: np.ndarray, min_len: float = BLINK_PAUSE_MIN_S) -> list[float]:
     """Start times of non-speech stretches of at least ``min_len`` that follow speech."""
     out: list[float] = []
     edges = np.flatnonzero(np.diff(speech.astype(np.int8)) == -1) + 1  # speech -> silence
@@ -479,31 +504,25 @@ def nonverbal_targets(
 
     # --- blinks: gamma renewal process + blinks at pauses
     onsets: list[float] = []
-    clock = -float(r_blink.uniform(0.0, 3.0))  # random phase: the first blink is not always at 3 s
+    clock = -float(r_blink.uniform(0.0, BLINK_PHASE_S))  # random phase: the first blink is not always at 3 s
     while True:
-        clock += float(np.clip(r_blink.gamma(3.0, 1.2), 1.2, 8.0))
+        clock += _blink_interval(r_blink)
         if clock > duration:
             break
         onsets.append(clock)
     for start in _pauses(speech, grid):
-        if r_pause.uniform() < 0.6:
-            onsets.append(start + float(r_pause.uniform(0.03, 0.15)))
+        if r_pause.uniform() < BLINK_PAUSE_P:
+            onsets.append(start + float(r_pause.uniform(*BLINK_PAUSE_DELAY_S)))
     onsets.sort()
     merged: list[float] = []
     for o in onsets:
-        if not merged or o - merged[-1] >= 0.8:
+        if not merged or o - merged[-1] >= BLINK_MERGE_S:
             merged.append(o)
     left = np.zeros(n)
     right = np.zeros(n)
     for o in merged:
-        length = float(r_shape.uniform(0.15, 0.25))
-        amp = float(r_shape.uniform(0.9, 1.0))
+        length, amp, left_amp, right_amp = _blink_draw(r_shape)
         shape = _blink_shape(t, o, length) * amp
-        if r_shape.uniform() < 0.9:
-            left_amp = right_amp = 1.0
-        else:  # a one-sided (or uneven) blink
-            weak = float(r_shape.uniform(0.3, 0.6))
-            left_amp, right_amp = (1.0, weak) if r_shape.uniform() < 0.5 else (weak, 1.0)
         left = np.maximum(left, shape * left_amp)
         right = np.maximum(right, shape * right_amp)
     out[:, CHANNEL_INDEX["eyeBlinkLeft"]] = left
@@ -575,6 +594,75 @@ def nonverbal_targets(
     out[:, CHANNEL_INDEX["browOuterUpLeft"]] = np.interp(t, grid, outer)
     out[:, CHANNEL_INDEX["browOuterUpRight"]] = np.interp(t, grid, outer)
     return clip_motion(out)
+
+
+class BlinkTrack:
+    """The targets' blink model, run causally frame by frame for generation (one per stream).
+
+    Why: the denoiser learns blinks from these targets, but few-step sampling averages their rare,
+    randomly timed events away (at 3 steps it blinked 1.3 times a minute against the targets' 17).
+    The process needs no audio beyond a speech flag per frame, so generation runs the targets' own
+    model instead: gamma renewal intervals with a random phase, a blink with probability 0.6 at a
+    pause of at least 0.25 s, onsets closer than 0.8 s merged, the same shapes and eye gains.
+
+    Causal: a pause is known to last 0.25 s only once 0.25 s of it have passed, so a pause blink
+    starts 0.03-0.15 s after that moment (the targets time it from the pause start). Every onset is
+    decided, in time order, by the first frame at or after it, so frame values depend only on the
+    seed, the frame times and the speech flags so far: never on chunking, and no frame changes later.
+    Draws come from their own streams (``SeedSequence(seed, spawn_key=(0xB1,))``), apart from the
+    denoiser's per-frame noise.
+    """
+
+    def __init__(self, seed: int, fps: float) -> None:
+        root = np.random.SeedSequence(int(seed), spawn_key=(0xB1,))
+        self._r_blink, self._r_pause, self._r_shape = (np.random.default_rng(s) for s in root.spawn(3))
+        self.fps = float(fps)
+        self._clock = -float(self._r_blink.uniform(0.0, BLINK_PHASE_S)) + _blink_interval(self._r_blink)
+        self._pending: list[float] = []  # pause-blink onsets not decided yet (a heap; at most a few)
+        self._last_onset = -np.inf
+        self._active: list[tuple[float, float, float, float, float]] = []  # onset, length, amp, gains
+        self._was_speech = False
+        self._pause_start: float | None = None  # first non-speech frame after speech, until checked
+        self.onsets: int = 0  # blinks started so far
+
+    def step(self, index: int, speech: bool) -> tuple[float, float]:
+        """(eyeBlinkLeft, eyeBlinkRight) of frame ``index``; call once per frame, in order."""
+        t = index / self.fps
+        if speech:
+            self._pause_start = None
+        elif self._was_speech:
+            self._pause_start = t
+        self._was_speech = bool(speech)
+        if self._pause_start is not None and t - self._pause_start >= BLINK_PAUSE_MIN_S - 1e-9:
+            self._pause_start = None  # one chance per pause
+            if self._r_pause.uniform() < BLINK_PAUSE_P:
+                heapq.heappush(self._pending, t + float(self._r_pause.uniform(*BLINK_PAUSE_DELAY_S)))
+        while True:  # decide every onset up to t, in time order
+            pause = self._pending[0] if self._pending else np.inf
+            onset = min(self._clock, pause)
+            if onset > t:
+                break
+            if pause <= self._clock:
+                heapq.heappop(self._pending)
+            else:
+                self._clock += _blink_interval(self._r_blink)
+            if onset - self._last_onset >= BLINK_MERGE_S:
+                self._last_onset = onset
+                self._active.append((onset, *_blink_draw(self._r_shape)))
+                self.onsets += 1
+        left = right = 0.0
+        for onset, length, amp, gain_l, gain_r in self._active:
+            y = amp * float(_blink_shape(np.asarray(t), onset, length))
+            left, right = max(left, y * gain_l), max(right, y * gain_r)
+        self._active = [b for b in self._active if t < b[0] + b[1]]
+        return left, right
+
+    def values(self, first: int, speech: Sequence[bool] | np.ndarray) -> np.ndarray:
+        """Frames first..first+len(speech)-1 -> (n, 2) float32 (left, right)."""
+        out = np.zeros((len(speech), 2), np.float32)
+        for i, s in enumerate(speech):
+            out[i] = self.step(first + i, bool(s))
+        return out
 
 
 def motion_targets(

@@ -10,6 +10,7 @@ from realtime.phones import PHONES
 from realtime.targets import (
     DIPHTHONGS,
     VISEMES,
+    BlinkTrack,
     motion_targets,
     mouth_aperture,
     mouth_curves,
@@ -238,6 +239,59 @@ def test_more_blinks_at_pauses() -> None:
         near += sum(np.min(np.abs(np.asarray(pauses) - o)) < 0.3 for o in onsets)
     # Pause windows (0.6 s out of every 2 s) hold ~30% of time; they get far more of the blinks.
     assert near / total > 0.5
+
+
+def test_blink_track_runs_the_targets_blink_model() -> None:
+    """Generation's causal blink process: the targets' rate, shapes and eye gains in silence."""
+    fps, dur = 25, 120.0
+    n = int(dur * fps)
+    silent = np.zeros(n, bool)
+    track_onsets = [len(_blink_onsets(BlinkTrack(s, fps).values(0, silent)[:, 0], fps)) for s in range(10)]
+    target_onsets = [
+        len(_blink_onsets(nonverbal_targets(None, None, 16000, n, fps, s)[:, idx("eyeBlinkLeft")], fps))
+        for s in range(10)
+    ]
+    per_min_track, per_min_targets = np.mean(track_onsets) / 2, np.mean(target_onsets) / 2
+    assert 12 <= per_min_track <= 22 and abs(per_min_track - per_min_targets) < 2.5
+    # shapes as in test_blink_shape_and_eyes, at 1000 fps
+    v = BlinkTrack(2, 1000).values(0, np.zeros(60 * 1000, bool))
+    left, right = v[:, 0], v[:, 1]
+    above = (left > 0.05) | (right > 0.05)
+    edges = np.flatnonzero(np.diff(above.astype(np.int8)))
+    durations = (edges[1::2] - edges[0::2]) / 1000
+    assert len(durations) >= 8
+    assert 0.1 <= durations.min() and durations.max() <= 0.26
+    runs = zip(edges[0::2], edges[1::2], strict=True)
+    both = np.mean([min(left[a:b].max(), right[a:b].max()) > 0.8 for a, b in runs])
+    assert both >= 0.6
+    assert left.min() == 0.0 and above.mean() < 0.1  # the eyes open again: mostly open
+
+
+def test_blink_track_is_causal_and_blinks_at_pauses() -> None:
+    fps = 25
+    speech = np.zeros(int(60 * fps), bool)
+    pauses = []
+    for start in np.arange(0.0, 58.0, 2.0):  # 1.5 s of speech, then a 0.5 s pause
+        speech[int(start * fps) : int((start + 1.5) * fps)] = True
+        pauses.append(start + 1.5)
+    ref = BlinkTrack(7, fps).values(0, speech)
+    # any split into calls gives the same frames (each frame is final when it is made)
+    track, parts, i = BlinkTrack(7, fps), [], 0
+    for size in (1, 3, 40, 1, 500, 2000):
+        parts.append(track.values(i, speech[i : i + size]))
+        i += size
+    np.testing.assert_array_equal(np.concatenate(parts), ref)
+    assert not np.array_equal(BlinkTrack(8, fps).values(0, speech), ref)
+    # Pause blinks start 0.03-0.15 s after a pause has lasted 0.25 s: a window of 0.35 s after each
+    # pause start (17% of the time) gets far more of the blinks than chance.
+    starts = np.asarray(pauses)
+    near = total = 0
+    for seed in range(20):
+        for o in _blink_onsets(BlinkTrack(seed, fps).values(0, speech)[:, 0], fps):
+            since = o - starts[starts <= o]
+            near += bool(since.size and 0.2 <= since.min() <= 0.55)
+            total += 1
+    assert near / total > 0.4
 
 
 def test_nods_follow_stressed_vowels(speech_16k: np.ndarray) -> None:
