@@ -7,8 +7,11 @@ Streaming (:class:`MotionStream`)
     (100 ms at 25 fps) plus any negative ``align_mouth``. Each chunk is one window: the last
     ``context_frames`` generated frames (known, inpainted) plus the new frames, denoised by the
     flow-matching sampler in ``inference_steps`` steps; the mouth channels are the clean estimate of
-    the first step (the audio-conditioned mean, see ``MotionConfig.mouth_first_estimate``), the
-    stochastic channels (blinks, brows, head) use every step. Emitted frames never change. The initial
+    the first step (the audio-conditioned mean, see ``MotionConfig.mouth_first_estimate``), brows
+    and head use every step. Blinks come from the training targets' stochastic blink process run
+    causally per stream (``realtime.targets.BlinkTrack``: renewal blinks plus blinks at pauses of the
+    frames' speech flags, seeded by the session seed; ``MotionConfig.blink_process``), because
+    few-step sampling averages those rare events away. Emitted frames never change. The initial
     noise of frame ``n`` is drawn from ``default_rng([seed, n])`` (mouth channels scaled by the
     model's ``mouth_temperature``: mouth targets are deterministic given the phones, so their
     sampling noise is only jitter), so output depends on the seed and the audio, never on how the
@@ -68,9 +71,11 @@ from realtime.motion import (
     clip_motion,
 )
 from realtime.sampling import MAX_STEPS, linear_ts, sample_euler
+from realtime.targets import BlinkTrack
 
 MOUTH = np.arange(len(MOUTH_CHANNELS))
 POSE = np.array([CHANNEL_INDEX[c] for c in POSE_CHANNELS])
+BLINKS = np.array([CHANNEL_INDEX["eyeBlinkLeft"], CHANNEL_INDEX["eyeBlinkRight"]])
 EXPRESSIVE = np.array(
     [
         CHANNEL_INDEX[c]
@@ -334,6 +339,7 @@ class _Core:
         self.ctx_audio: deque[np.ndarray] = deque(maxlen=c)
         self.anchor = np.zeros(len(POSE))
         self.anchor_alpha = 1.0 - math.exp(-1.0 / (fps * ANCHOR_S))
+        self.blinks = BlinkTrack(seed, fps) if model.config.blink_process else None
 
     def noise(self, first: int, n: int) -> np.ndarray:
         """Initial noise of frames first..first+n-1: a function of (seed, frame index) only."""
@@ -343,8 +349,14 @@ class _Core:
         z[:, MOUTH] *= self.model.config.mouth_temperature
         return z.astype(np.float32)
 
-    def generate(self, first: int, audio: np.ndarray, steps: int, dynamic_scale: float) -> np.ndarray:
-        """Frames first..first+len(audio)-1 from their embeddings -> (n, C) motion (denormalised)."""
+    def generate(
+        self, first: int, audio: np.ndarray, speech: np.ndarray, steps: int, dynamic_scale: float
+    ) -> np.ndarray:
+        """Frames first..first+len(audio)-1 from their embeddings and speech flags -> (n, C) motion.
+
+        Denormalised. With the blink process, the blink channels are replaced after the frame is
+        kept as context: the network sees its own blinks, so its other channels do not change.
+        """
         m = self.model
         n = len(audio)
         ctx = np.array(self.ctx, np.float32).reshape(-1, N_CHANNELS)
@@ -360,6 +372,8 @@ class _Core:
             out[i] = frame
             self.ctx.append(((frame - m.motion_mean) / m.motion_std).astype(np.float32))
             self.ctx_audio.append(audio[i])
+        if self.blinks is not None:
+            out[:, BLINKS] = self.blinks.values(first, speech)
         return out
 
 
@@ -526,12 +540,10 @@ class MotionStream:
         last = (rel_frames * 1000 + cfg.lookahead_ms * self.fps) // (10 * self.fps) - 1
         windows = frame_windows_offset(self._mel, self._mel_base, last, cfg.audio_frames)
         audio = self.model.encode_audio(windows)
-        raw = self._core.generate(self._next, audio, self.steps, float(self.controls.dynamic_scale))
-        for i, mel_last in enumerate(last):
-            # speech flag: any mel frame within about +-30 ms of the frame's time near the speech level
-            a, b = int(mel_last) - 8 - self._mel_base, int(mel_last) - 1 - self._mel_base
-            seg = self._rel[max(a, 0) : max(b, 0)]
-            self._speech[self._next + i] = bool(seg.size and seg.max() > SPEECH_REL)
+        speech = speech_flags(self._rel, self._mel_base, last)
+        raw = self._core.generate(self._next, audio, speech, self.steps, float(self.controls.dynamic_scale))
+        for i, flag in enumerate(speech):
+            self._speech[self._next + i] = bool(flag)
         self._next += n
         keep_from = max(0, int(last.min()) - cfg.audio_frames + 1 - self._mel_base)
         if keep_from > 0:  # later windows never look further back than this one
@@ -586,6 +598,21 @@ class MotionStream:
         self._restart()
 
 
+def speech_flags(rel: np.ndarray, base: int, last: np.ndarray) -> np.ndarray:
+    """Per frame, whether it is speech: a mel frame within about +-30 ms of its time near the speech level.
+
+    ``rel``: mel-frame energies relative to the running speech level, ``rel[0]`` is mel index
+    ``base``; ``last``: each frame's last mel index. Streams and whole files share it, so their
+    speech flags (and the blinks at pauses that follow them) agree.
+    """
+    out = np.zeros(len(last), bool)
+    for i, mel_last in enumerate(np.asarray(last)):
+        a, b = int(mel_last) - 8 - base, int(mel_last) - 1 - base
+        seg = rel[max(a, 0) : max(b, 0)]
+        out[i] = bool(seg.size and seg.max() > SPEECH_REL)
+    return out
+
+
 def frame_windows_offset(feats: np.ndarray, base: int, last: np.ndarray, k: int) -> np.ndarray:
     """Like :func:`realtime.features.frame_windows` over a buffer whose first row is mel index ``base``."""
     from realtime.features import SILENT_FEATURE
@@ -628,15 +655,17 @@ def generate_motion(
     frames = np.arange(n_frames)
     # silence after the end covers the lookahead of the last frames, as MotionStream.flush does
     need = (last_mel_index(n_frames - 1, fps, cfg.lookahead_ms) + 1) * HOP
-    feats, _ = FeatureExtractor().push(np.concatenate([x16, np.zeros(max(0, need - x16.size))]))
+    feats, rel = FeatureExtractor().push(np.concatenate([x16, np.zeros(max(0, need - x16.size))]))
     audio = model.encode_audio(frame_windows(feats, frames, fps, cfg.lookahead_ms, cfg.audio_frames))
+    speech = speech_flags(rel, 0, np.array([last_mel_index(int(f), fps, cfg.lookahead_ms) for f in frames]))
     steps = int(controls.inference_steps or model.default_steps)
     core = _Core(model, fps, int(controls.seed))
     post = _Post(fps, controls)
     chunk = cfg.max_new_frames
     out = []
     for start in range(0, n_frames, chunk):
-        raw = core.generate(start, audio[start : start + chunk], steps, float(controls.dynamic_scale))
+        sl = slice(start, start + chunk)
+        raw = core.generate(start, audio[sl], speech[sl], steps, float(controls.dynamic_scale))
         out.append(post.push(raw))
         if progress is not None:
             progress(min(1.0, (start + chunk) / n_frames))

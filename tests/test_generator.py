@@ -135,6 +135,61 @@ def test_silence_is_idle_motion(model: MotionModel) -> None:
     assert np.abs(pose).max() < 8.0
 
 
+def _runs(mask: np.ndarray) -> np.ndarray:
+    """Lengths (frames) of the runs of True in ``mask``."""
+    edges = np.flatnonzero(np.diff(np.r_[0, mask.astype(np.int8), 0]))
+    return edges[1::2] - edges[0::2]
+
+
+def test_streamed_blinks_are_natural(model: MotionModel, speech_16k: np.ndarray) -> None:
+    """A minute of speech and silence, streamed: blinks at a natural rate that always open again,
+    the same in a whole file, and nothing else changed by the blink process (issue 2)."""
+    import copy
+    from dataclasses import replace
+
+    rng = np.random.default_rng(1)
+    pieces, total = [], 0
+    while total < 60 * 16000:
+        piece = speech_16k if rng.random() < 0.5 else np.zeros(int(rng.uniform(1, 5) * 16000), np.float32)
+        pieces.append(piece)
+        total += piece.size
+    pcm = np.concatenate(pieces)
+    minutes = pcm.size / 16000 / 60
+    stream = MotionStream(model)
+    frames = []
+    for i in range(0, pcm.size, 640):
+        frames += stream.push(pcm[i : i + 640])
+    frames += stream.flush()
+    motion = np.array([f.values for f in frames])
+    speech = np.array([f.speech for f in frames])
+    assert 0.2 < speech.mean() < 0.8  # both speech and silence
+    _in_range(motion)
+    left, right = motion[:, CHANNEL_INDEX["eyeBlinkLeft"]], motion[:, CHANNEL_INDEX["eyeBlinkRight"]]
+    closed = np.maximum(left, right) > 0.5
+    rate = np.sum(closed[1:] & ~closed[:-1]) / minutes
+    assert 10 <= rate <= 25, rate  # people blink about 10-25 times a minute; the targets 17
+    # blinks open again: no eye stays shut, both eyes together never longer than a blink's hold
+    assert _runs(closed).max() * 40 <= 200
+    assert _runs((left > 0.5) & (right > 0.5)).max() * 40 <= 200
+    blinking = _runs(np.maximum(left, right) > 0.05) * 40  # ms, like the targets' 150-250 ms blinks
+    assert 80 <= np.median(blinking) <= 260 and blinking.max() <= 320, blinking
+    assert (np.maximum(left, right) < 0.05).mean() > 0.85  # eyes mostly open
+    peaks = [np.maximum(left, right)[i] for i in np.flatnonzero(closed)]
+    assert np.median(peaks) > 0.8  # full blinks, not flickers
+    # whole-file generation blinks at the same frames
+    whole = generate_motion(model, pcm, 16000)
+    blinks = [CHANNEL_INDEX["eyeBlinkLeft"], CHANNEL_INDEX["eyeBlinkRight"]]
+    np.testing.assert_array_equal(whole[:, blinks], motion[:, blinks])
+    # the blink process changes only the blink channels: mouth, brows and head are as before
+    assert model.config.blink_process
+    plain = copy.copy(model)
+    plain.config = replace(model.config, blink_process=False)
+    before = generate_motion(plain, pcm, 16000)
+    rest = [i for i in range(N_CHANNELS) if i not in blinks]
+    np.testing.assert_array_equal(before[:, rest], whole[:, rest])
+    assert np.sum(np.diff((before[:, blinks[0]] > 0.5).astype(int)) == 1) / minutes < rate
+
+
 def test_speech_opens_the_mouth_and_dynamic_scale_controls_it(
     model: MotionModel, speech_16k: np.ndarray
 ) -> None:
