@@ -5,7 +5,12 @@
 * whole-file generation speed (x real time);
 * boundary jumps: mean mouth jump across 2-frame chunk boundaries vs inside chunks;
 * stability: long streamed audio (speech and silence) at accelerated speed: NaN count, head-pose
-  drift (mean pose per 10-minute block) and RSS memory at the start and the end.
+  drift (mean pose per 10-minute block) and RSS memory at the start and the end;
+* idle and speech motion (``--blinks`` runs only this): blinks per minute, blink duration and
+  peak, the longest both-eyes-closed stretch and head-pose spread, with the blink process
+  (``MotionConfig.blink_process``) and without, on held-out Allison prompts of a corpus's test split
+  (whole files, against the targets' stochastic model on the same prompts) and on a streamed
+  minute of speech and silence; plus the per-chunk CPU of both settings, interleaved in one process.
 
 Writes a markdown report to ``docs/bench/motion.md`` (``--out`` to change, ``--out -`` for stdout).
 """
@@ -13,6 +18,7 @@ Writes a markdown report to ``docs/bench/motion.md`` (``--out`` to change, ``--o
 from __future__ import annotations
 
 import argparse
+import os
 import resource
 import shutil
 import subprocess
@@ -143,6 +149,152 @@ def stability(model, speech: np.ndarray, minutes: float) -> dict[str, object]:
     }
 
 
+def blink_stats(motions: list[np.ndarray], fps: int = 25) -> dict[str, float]:
+    """Blink and head-motion figures of some motion clips (pooled; each clip counted on its own).
+
+    A blink is ``eyeBlinkLeft`` rising above 0.5 (as measured since the first weights); its
+    duration is how long either eye is above 0.05; head-pose std is the mean over the 3 axes of
+    the per-axis std of all frames.
+    """
+    from realtime.motion import CHANNEL_INDEX, POSE_CHANNELS
+
+    left_i, right_i = CHANNEL_INDEX["eyeBlinkLeft"], CHANNEL_INDEX["eyeBlinkRight"]
+    pose_i = [CHANNEL_INDEX[c] for c in POSE_CHANNELS]
+    blinks, frames, durations, peaks, both_max = 0, 0, [], [], 0
+    for m in motions:
+        left, right = m[:, left_i], m[:, right_i]
+        closed = np.r_[False, left > 0.5]
+        blinks += int(np.sum(closed[1:] & ~closed[:-1]))
+        frames += len(m)
+        eye = np.maximum(left, right)
+        for a, b in _runs(eye > 0.05):
+            durations.append((b - a) * 1000.0 / fps)
+            peaks.append(float(eye[a:b].max()))
+        both = [(b - a) * 1000.0 / fps for a, b in _runs((left > 0.5) & (right > 0.5))]
+        both_max = max([both_max, *both])
+    pose = np.concatenate([m[:, pose_i] for m in motions])
+    return {
+        "minutes": frames / fps / 60,
+        "blinks_per_min": blinks / (frames / fps / 60),
+        "duration_ms_median": float(np.median(durations)) if durations else float("nan"),
+        "duration_ms_max": max(durations, default=float("nan")),
+        "peak_median": float(np.median(peaks)) if peaks else float("nan"),
+        "both_closed_ms_max": float(both_max),
+        "eyes_open_fraction": float(
+            np.mean(np.concatenate([np.maximum(m[:, left_i], m[:, right_i]) < 0.05 for m in motions]))
+        ),
+        "pose_std_deg": float(pose.std(axis=0).mean()),
+    }
+
+
+def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
+    edges = np.flatnonzero(np.diff(np.r_[0, mask.astype(np.int8), 0]))
+    return list(zip(edges[0::2].tolist(), edges[1::2].tolist(), strict=True))
+
+
+def _with_config(model, **changes: object):
+    """A view of ``model`` with some inference settings changed (same weights and backend)."""
+    import copy
+    from dataclasses import replace
+
+    out = copy.copy(model)
+    out.config = replace(model.config, **changes)
+    return out
+
+
+def _speech_and_silence(speech: np.ndarray, seconds: float, seed: int = 1) -> np.ndarray:
+    """Speech pieces and 1-5 s silences in random order, ``seconds`` long or a little longer."""
+    rng = np.random.default_rng(seed)
+    pieces, total = [], 0
+    while total < seconds * 16000:
+        piece = speech if rng.random() < 0.5 else np.zeros(int(rng.uniform(1, 5) * 16000), np.float32)
+        pieces.append(piece)
+        total += piece.size
+    return np.concatenate(pieces)
+
+
+def _streamed(model, pcm: np.ndarray, steps: int | None = None, seed: int = 0) -> np.ndarray:
+    from realtime.generator import MotionControls, MotionStream
+
+    stream = MotionStream(model, controls=MotionControls(inference_steps=steps, seed=seed))
+    frames = []
+    for i in range(0, pcm.size, 640):
+        frames += stream.push(pcm[i : i + 640])
+    frames += stream.flush()
+    return np.array([f.values for f in frames])
+
+
+def blink_report(
+    model, speech: np.ndarray, corpus: Path | None, prompts: int, steps: int, passes: int = 4
+) -> list[str]:
+    """Markdown lines: blink and head figures with and without the blink process, and their cost."""
+    from realtime.generator import MotionControls, generate_motion
+
+    settings = {"blink process (shipped)": True, "sampler blinks": False}
+    models = {name: _with_config(model, blink_process=on) for name, on in settings.items()}
+    rows: list[tuple[str, str, dict[str, float]]] = []
+    if corpus is not None and (corpus / "manifest.jsonl").is_file():
+        from realtime.evaluate import _spread, load_manifest, read_audio
+        from realtime.targets import motion_targets
+
+        utts = _spread([u for u in load_manifest(corpus, "test") if u.real], prompts)
+        clips = [read_audio(u.wav) for u in utts]
+        # seed = prompt number, as for the targets: with one seed, every short clip would show the
+        # same first blink at the same time
+        for name, m in models.items():
+            motions = [
+                generate_motion(m, pcm, rate, controls=MotionControls(inference_steps=steps, seed=i))
+                for i, (pcm, rate) in enumerate(clips)
+            ]
+            rows.append(
+                (f"{len(utts)} Allison prompts, whole file, seed = prompt number", name, blink_stats(motions))
+            )
+        targets = [
+            motion_targets(u.phones, pcm, rate, int(np.ceil(u.duration * 25)), 25, i)
+            for i, (u, (pcm, rate)) in enumerate(zip(utts, clips, strict=True))
+        ]
+        rows.append((f"{len(utts)} Allison prompts", "targets (seed = prompt number)", blink_stats(targets)))
+    minute = _speech_and_silence(speech, 60.0)
+    for name, m in models.items():
+        motions = [_streamed(m, minute, steps, seed) for seed in range(5)]
+        rows.append(("streamed minute of speech and silence, seeds 0-4", name, blink_stats(motions)))
+    lines = [
+        f"### Blinks and head motion ({steps} steps)",
+        "",
+        "| audio | setting | minutes | blinks/min | blink ms (median, max) | peak | both eyes > 0.5, max ms "
+        "| eyes open | head pose std ° |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for audio, name, st in rows:
+        lines.append(
+            f"| {audio} | {name} | {st['minutes']:.1f} | {st['blinks_per_min']:.1f} | "
+            f"{st['duration_ms_median']:.0f}, {st['duration_ms_max']:.0f} | {st['peak_median']:.2f} | "
+            f"{st['both_closed_ms_max']:.0f} | {st['eyes_open_fraction']:.3f} | {st['pose_std_deg']:.2f} |"
+        )
+    # per-chunk CPU of both settings, passes alternating in one process, over the same minute
+    cpu: dict[str, list[np.ndarray]] = {name: [] for name in models}
+    for _ in range(passes):
+        for name, m in models.items():
+            cpu[name].append(per_chunk(m, minute, steps)[1])
+    lines += [
+        "",
+        f"Per-chunk CPU (`MotionStream`, 1-frame chunks, 10 ms pushes of the streamed minute, {steps} steps, "
+        f"onnxruntime 1 thread, thread CPU time of the producing `push()`), {passes} alternating passes per "
+        "setting in one process:",
+        "",
+        "| setting | chunks | CPU median ms | CPU p95 ms |",
+        "| --- | ---: | ---: | ---: |",
+    ]
+    med = {}
+    for name, parts in cpu.items():
+        c = np.concatenate(parts) * 1e3
+        med[name] = float(np.median(c))
+        lines.append(f"| {name} | {c.size} | {med[name]:.3f} | {np.percentile(c, 95):.3f} |")
+    a, b = med.values()
+    lines += ["", f"Ratio of medians {a / b:.3f}.", ""]
+    return lines
+
+
 def run(model_dir: Path, minutes: float, backends: list[str], repeats: int) -> str:
     """All measurements -> markdown."""
     import torch
@@ -223,6 +375,7 @@ def run(model_dir: Path, minutes: float, backends: list[str], repeats: int) -> s
     st = stability(model, speech, minutes)
     lines += [f"## Stability ({st['audio_minutes']} min of streamed speech/silence, accelerated)", ""]
     lines += [f"- {k}: {v}" for k, v in st.items()]
+    lines += ["", *blink_report(model, speech, ROOT / "data" / "corpus", 60, model.default_steps)]
     return "\n".join(lines) + "\n"
 
 
@@ -234,7 +387,40 @@ def cli_main(argv: list[str]) -> int:
     p.add_argument("--backends", default="onnx,torch")
     p.add_argument("--repeats", type=int, default=4, help="copies of the test sentence for the timing runs")
     p.add_argument("--out", default=str(ROOT / "docs" / "bench" / "motion.md"))
+    p.add_argument(
+        "--blinks",
+        action="store_true",
+        help="only the blink / head-motion section (onnx), to stdout unless --out",
+    )
+    p.add_argument(
+        "--corpus", default=str(ROOT / "data" / "corpus"), help="held-out Allison prompts for --blinks"
+    )
+    p.add_argument("--prompts", type=int, default=60, help="how many (spread over the test split)")
+    p.add_argument(
+        "--steps", type=int, default=None, help="sampler steps for --blinks (default: the model's)"
+    )
     args = p.parse_args(argv)
+    if args.blinks:
+        import torch
+
+        from realtime.generator import MotionModel
+
+        torch.set_num_threads(1)
+        model = MotionModel.load(Path(args.model), backend="onnx")
+        model.warmup()
+        steps = args.steps or model.default_steps
+        lines = [
+            f"Command: `avatar bench motion --blinks --steps {steps} --prompts {args.prompts}` "
+            f"({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, load average "
+            f"{' / '.join(f'{x:.1f}' for x in os.getloadavg())})",
+            "",
+            *blink_report(model, _speech(), Path(args.corpus), args.prompts, steps),
+        ]
+        report = "\n".join(lines)
+        if args.out not in ("-", str(ROOT / "docs" / "bench" / "motion.md")):
+            Path(args.out).write_text(report)
+        print(report)
+        return 0
     report = run(Path(args.model), args.minutes, [b for b in args.backends.split(",") if b], args.repeats)
     if args.out == "-":
         print(report)
