@@ -385,8 +385,19 @@ def render_frames(
 
 
 # -- the pipeline --------------------------------------------------------------------------------------
+def block_seed(seed: int, block: int) -> int:
+    """The sampler seed of motion block ``block`` of a long file (block 0 keeps ``seed``).
+
+    Every block starts its sampler noise and blink process at its own frame 0, so with one seed
+    for all of them a long file would repeat the same head motion and blink rhythm every block.
+    """
+    if block == 0:
+        return int(seed)
+    return int(np.random.SeedSequence([int(seed), int(block)]).generate_state(1)[0])
+
+
 def motion_blocks(
-    generate: Callable[[np.ndarray, Callable[[float], None]], np.ndarray],
+    generate: Callable[[np.ndarray, Callable[[float], None], int], np.ndarray],
     pcm: np.ndarray,
     fps: int,
     n_frames: int,
@@ -399,9 +410,9 @@ def motion_blocks(
 ) -> Iterator[np.ndarray]:
     """Motion for all of ``pcm`` as consecutive blocks of rows, ``n_frames`` rows in all.
 
-    ``generate(segment, on_fraction)`` makes the motion of one audio segment (frame *j*
-    shows segment time *j / fps*); it runs on ``executor``, one block ahead of the
-    consumer. Blocks last ``first_s`` seconds, then twice as long each time up to
+    ``generate(segment, on_fraction, block)`` makes the motion of one audio segment (frame *j*
+    shows segment time *j / fps*), the ``block``-th; it runs on ``executor``, one block ahead of
+    the consumer. Blocks last ``first_s`` seconds, then twice as long each time up to
     ``block_s``. Block edges fall on whole seconds, so every segment starts exactly on a
     frame. ``progress`` gets the number of frames of motion made so far.
     """
@@ -427,7 +438,7 @@ def motion_blocks(
             if progress is not None:
                 progress(base + int(min(max(fraction, 0.0), 1.0) * expected))
 
-        out = np.asarray(generate(segment, on_fraction), dtype=np.float32)
+        out = np.asarray(generate(segment, on_fraction, k), dtype=np.float32)
         done[0] = base + len(out)
         return out
 
@@ -493,7 +504,7 @@ def generate_video(
     n_frames = n_frames_for(duration, params.fps)
     pcm = clip.pcm[: int(round(duration * MODEL_RATE))]
 
-    from realtime.generator import generate_motion
+    from realtime.generator import generate_motion, with_controls
 
     lock = threading.Lock()
     state = {"motion": 0, "encoded": 0}
@@ -504,9 +515,10 @@ def generate_video(
             fraction = (_MOTION_SHARE * state["motion"] + (1 - _MOTION_SHARE) * state["encoded"]) / n_frames
         report(min(fraction, 1.0), stage)
 
-    def generate(segment: np.ndarray, on_fraction: Callable[[float], None]) -> np.ndarray:
+    def generate(segment: np.ndarray, on_fraction: Callable[[float], None], block: int) -> np.ndarray:
+        seeded = with_controls(controls, seed=block_seed(controls.seed, block))
         return generate_motion(
-            engine.motion_model, segment, MODEL_RATE, fps=params.fps, controls=controls, progress=on_fraction
+            engine.motion_model, segment, MODEL_RATE, fps=params.fps, controls=seeded, progress=on_fraction
         )
 
     report(0.0, "motion")

@@ -18,6 +18,7 @@ from realtime.offline import (
     GenerateParams,
     Mp4Writer,
     ParamError,
+    block_seed,
     cli_main,
     generate_video,
     motion_blocks,
@@ -167,7 +168,7 @@ def test_mp4_writer_keeps_the_picture(tmp_path: Path, size: tuple[int, int]) -> 
 
 
 # -- motion in blocks (long files) -------------------------------------------------------------------
-def _envelope(segment: np.ndarray, on_fraction) -> np.ndarray:  # noqa: ANN001
+def _envelope(segment: np.ndarray, on_fraction, block: int = 0) -> np.ndarray:  # noqa: ANN001
     """A stand-in whose frame j depends only on the audio of frame j, so blocks must stitch exactly."""
     n = math.ceil(segment.size * FPS / 16000)
     hop = 16000 // FPS
@@ -204,7 +205,7 @@ def test_motion_blocks_stitch_exactly() -> None:
 def test_motion_blocks_real_model_has_no_seams(engine, talk_clip) -> None:
     from realtime.generator import generate_motion
 
-    def generate(segment: np.ndarray, on_fraction) -> np.ndarray:  # noqa: ANN001
+    def generate(segment: np.ndarray, on_fraction, block: int) -> np.ndarray:  # noqa: ANN001
         return generate_motion(engine.motion_model, segment, 16000, FPS, progress=on_fraction)
 
     n = n_frames_for(talk_clip.duration, FPS)
@@ -222,6 +223,26 @@ def test_motion_blocks_real_model_has_no_seams(engine, talk_clip) -> None:
     for stat in (np.mean, lambda s: np.percentile(s, 95)):
         at_seams, elsewhere = float(stat(step[near])), float(stat(step[~near]))
         assert at_seams <= 1.3 * elsewhere + 0.005, (at_seams, elsewhere)
+
+
+def test_long_silence_does_not_repeat_its_motion_every_block(engine) -> None:
+    from realtime.generator import MotionControls, generate_motion, with_controls
+
+    assert block_seed(7, 0) == 7 and len({block_seed(7, k) for k in range(50)}) == 50
+    silence = np.zeros(16000 * 12, np.float32)
+    controls = MotionControls(seed=7)
+
+    def generate(segment: np.ndarray, on_fraction, block: int) -> np.ndarray:  # noqa: ANN001
+        seeded = with_controls(controls, seed=block_seed(controls.seed, block))
+        return generate_motion(engine.motion_model, segment, 16000, FPS, controls=seeded)
+
+    n = n_frames_for(12.0, FPS)
+    blocks = list(motion_blocks(generate, silence, FPS, n, engine.executor, block_s=4, first_s=4))
+    motion = np.concatenate(blocks)
+    assert motion.shape == (n, 22) and np.isfinite(motion).all()
+    # blocks start at 4 and 8 s on the same silence: with one seed their first 3 s were identical
+    b, c = motion[4 * FPS : 7 * FPS], motion[8 * FPS : 11 * FPS]
+    assert np.abs(b - c).max() > 0.1
 
 
 # -- the real pipeline --------------------------------------------------------------------------------
