@@ -53,6 +53,7 @@ from realtime.features import (
     HOP,
     N_MELS,
     SAMPLE_RATE,
+    SILENT_FEATURE,
     FeatureExtractor,
     LevelState,
     StreamResampler,
@@ -69,6 +70,7 @@ from realtime.motion import (
     POSE_CHANNELS,
     MotionFrame,
     clip_motion,
+    neutral,
 )
 from realtime.sampling import MAX_STEPS, linear_ts, sample_euler
 from realtime.targets import BlinkTrack
@@ -337,6 +339,16 @@ class _Core:
         c = model.config.context_frames
         self.ctx: deque[np.ndarray] = deque(maxlen=c)  # normalised, anchored frames
         self.ctx_audio: deque[np.ndarray] = deque(maxlen=c)
+        # Start from a full context of rest frames over silence, as after a pause. With an empty
+        # context the first streamed windows are single frames, unlike any training window, and the
+        # first-step mouth estimate settled on an open funnel that the context then kept for as long
+        # as the silence lasted (measured: mouthFunnel 0.33 through 6 s of streamed silence).
+        rest = ((neutral() - model.motion_mean) / model.motion_std).astype(np.float32)
+        silent = np.full((1, model.config.audio_frames, N_MELS), SILENT_FEATURE, np.float32)
+        silent_audio = np.asarray(model.encode_audio(silent), np.float32)[0]
+        for _ in range(c):
+            self.ctx.append(rest)
+            self.ctx_audio.append(silent_audio)
         self.anchor = np.zeros(len(POSE))
         self.anchor_alpha = 1.0 - math.exp(-1.0 / (fps * ANCHOR_S))
         self.blinks = BlinkTrack(seed, fps) if model.config.blink_process else None

@@ -135,6 +135,15 @@ def test_silence_is_idle_motion(model: MotionModel) -> None:
     assert np.abs(pose).max() < 8.0
 
 
+def test_a_stream_that_starts_in_silence_keeps_the_mouth_at_rest(model: MotionModel) -> None:
+    # a live session starts before anyone speaks: from its first frame the mouth must be closed and
+    # still (an empty context once let the first-step mouth settle on an open funnel for the whole pause)
+    stream = MotionStream(model)
+    frames = [f.values for _ in range(300) for f in stream.push(np.zeros(320, np.float32), 16000)]
+    mouth = np.array(frames)[:, [CHANNEL_INDEX[c] for c in MOUTH_CHANNELS]]
+    assert len(mouth) > 100 and np.abs(mouth).max() < 0.05, np.abs(mouth).max(axis=0)
+
+
 def _runs(mask: np.ndarray) -> np.ndarray:
     """Lengths (frames) of the runs of True in ``mask``."""
     edges = np.flatnonzero(np.diff(np.r_[0, mask.astype(np.int8), 0]))
