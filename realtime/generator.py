@@ -210,6 +210,11 @@ class MotionModel:
         self.motion_std: np.ndarray = buf["motion_std"]
         self.null_audio: np.ndarray = net.null_audio.detach().cpu().numpy().astype(np.float32)
         self._warm = threading.Lock()
+        # What every stream's context starts as (see _Core): the rest pose, normalised, over the
+        # embedding of digital silence. Computed once here, not for every session and file block.
+        self.rest_frame = ((neutral() - self.motion_mean) / self.motion_std).astype(np.float32)
+        silent = np.full((1, self.config.audio_frames, N_MELS), SILENT_FEATURE, np.float32)
+        self.silent_audio = np.asarray(self.encode_audio(silent), np.float32)[0]
 
     @classmethod
     def load(cls, path: str | Path = "models/motion", backend: str = "auto") -> MotionModel:
@@ -343,12 +348,8 @@ class _Core:
         # context the first streamed windows are single frames, unlike any training window, and the
         # first-step mouth estimate settled on an open funnel that the context then kept for as long
         # as the silence lasted (measured: mouthFunnel 0.33 through 6 s of streamed silence).
-        rest = ((neutral() - model.motion_mean) / model.motion_std).astype(np.float32)
-        silent = np.full((1, model.config.audio_frames, N_MELS), SILENT_FEATURE, np.float32)
-        silent_audio = np.asarray(model.encode_audio(silent), np.float32)[0]
-        for _ in range(c):
-            self.ctx.append(rest)
-            self.ctx_audio.append(silent_audio)
+        self.ctx.extend([model.rest_frame] * c)
+        self.ctx_audio.extend([model.silent_audio] * c)
         self.anchor = np.zeros(len(POSE))
         self.anchor_alpha = 1.0 - math.exp(-1.0 / (fps * ANCHOR_S))
         self.blinks = BlinkTrack(seed, fps) if model.config.blink_process else None

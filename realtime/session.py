@@ -650,7 +650,6 @@ class LiveSession:
     def info(self) -> dict[str, Any]:
         """A JSON-able summary for the session endpoints."""
         now = time.monotonic()
-        lat = np.array(self.stats.latencies) if self.stats.latencies else None
         first = (
             None
             if self.video.first_sent_at is None or self._answered_at is None
@@ -682,24 +681,12 @@ class LiveSession:
             "audio_dropped_chunks": self.stats.audio_dropped_chunks,
             "rtp_gaps_filled_s": round(self.ingest.gaps_filled / RATE, 3),
             "audio_frames_skipped": self.ingest.skipped,
-            "latency_ms": None
-            if lat is None
-            else {
-                "p50": round(float(np.percentile(lat, 50)) * 1000, 1),
-                "p95": round(float(np.percentile(lat, 95)) * 1000, 1),
-            },
+            "latency_ms": _percentiles_ms(self.stats.latencies, (50, 95)),
             # how much earlier than needed frames are ready: the headroom left in the latency margin
-            "frame_slack_ms": None
-            if not self.stats.slack
-            else {f"p{q}": round(float(np.percentile(self.stats.slack, q)) * 1000, 1) for q in (1, 5, 50)},
+            "frame_slack_ms": _percentiles_ms(self.stats.slack, (1, 5, 50)),
             # how long after its timeline time real audio reached the pipeline (packetisation,
             # network, jitter buffer, decoding): the rest of the playout delay is left for compute
-            "audio_arrival_lag_ms": None
-            if not self.stats.arrival_lag
-            else {
-                f"p{q}": round(float(np.percentile(self.stats.arrival_lag, q)) * 1000, 1)
-                for q in (50, 95, 99)
-            },
+            "audio_arrival_lag_ms": _percentiles_ms(self.stats.arrival_lag, (50, 95, 99)),
             "data_channels": [getattr(c, "label", "") for c in self.channels],
             "channels": list(CHANNELS),
             "video_encoder": self._video_encoder(),
@@ -713,3 +700,11 @@ class LiveSession:
                 encoder = getattr(t.sender, "_RTCRtpSender__encoder", None)
                 return None if encoder is None else type(encoder).__name__
         return None
+
+
+def _percentiles_ms(seconds: deque, qs: tuple[int, ...]) -> dict[str, float] | None:
+    """``{"p50": ms, ...}`` of a window of durations in seconds; None while it is empty."""
+    if not seconds:
+        return None
+    values = np.percentile(np.asarray(seconds), qs) * 1000
+    return {f"p{q}": round(float(v), 1) for q, v in zip(qs, values, strict=True)}

@@ -261,7 +261,7 @@ class AvatarAudioTrack(MediaStreamTrack):
     Once :meth:`encode_opus` is called (the answer negotiated Opus), ``recv()`` returns Opus
     packets encoded here instead of frames. aiortc would otherwise upmix every 20 ms frame to
     stereo, encode it at 96 kbit/s on a thread-pool hop and measure its level in a Python loop
-    over the samples: about 0.4 ms of CPU per frame, 50 frames a second per session, for a
+    over the samples: about 0.33 ms of CPU per frame (0.13 here), 50 frames a second per session, for a
     voice that is mono. Packets keep the timeline's pts, so RTP time follows the playout clock.
     """
 
