@@ -480,11 +480,13 @@ def evaluate(
     model: object | None = None,
     dynamic_scale: float = 1.0,
     steps: int | None = None,
+    stream: bool = False,
 ) -> tuple[dict, dict[str, dict[str, _Collected]]]:
     """Score model, loudness baseline and oracle on ``split``; returns (report, signals).
 
     ``model`` (a loaded :class:`realtime.generator.MotionModel`) takes precedence over ``model_dir``;
-    with neither, only the baseline and the oracle are scored.
+    with neither, only the baseline and the oracle are scored. ``stream``: the model hears each
+    file as a live session does (:func:`realtime.generator.stream_motion`, 10 ms pushes).
     """
     utts = load_manifest(corpus, split)
     if not utts:
@@ -504,8 +506,11 @@ def evaluate(
         controls = controls_cls(  # type: ignore[operator]
             seed=seed, dynamic_scale=dynamic_scale, inference_steps=steps
         ).validated()
+        if stream:
+            from realtime.generator import stream_motion as generate
         model_info = {
             "path": str(model_dir) if model_dir is not None else None,
+            "mode": "stream (10 ms pushes)" if stream else "whole file",
             "backend": getattr(model, "backend_name", None),
             "default_steps": getattr(model, "default_steps", None),
             "lookahead_ms": getattr(model, "lookahead_ms", None),
@@ -663,6 +668,9 @@ def cli_main(argv: list[str]) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--dynamic-scale", type=float, default=1.0, help="model control (0..2)")
     parser.add_argument("--steps", type=int, default=None, help="sampler steps (default: the model's)")
+    parser.add_argument(
+        "--stream", action="store_true", help="feed the model as a live session does (10 ms pushes)"
+    )
     parser.add_argument("--plot", type=Path, default=None, help="write the figure here (PNG)")
     parser.add_argument("--json", type=Path, default=None, help="write the report here")
     args = parser.parse_args(argv)
@@ -678,6 +686,7 @@ def cli_main(argv: list[str]) -> int:
             seed=args.seed,
             dynamic_scale=args.dynamic_scale,
             steps=args.steps,
+            stream=args.stream,
         )
     except (FileNotFoundError, ValueError, RuntimeError) as exc:
         print(f"avatar eval: {exc}", file=sys.stderr)

@@ -88,6 +88,10 @@ EXPRESSIVE = np.array(
 ANCHOR_S = 4.0  # time constant of the pose anchor
 SMOOTH_TAU_S = 0.06  # smooth_motion = 1 -> one-pole low-pass with this time constant
 SPEECH_REL = -3.5  # frame energy within ~15 dB of the running speech level counts as speech
+# After this long without speech the mouth is released to rest with this time constant. Longer
+# than a stop closure or a short pause inside a phrase, so speech itself is never touched.
+MOUTH_REST_AFTER_S = 0.2
+MOUTH_RELEASE_S = 0.06
 FPS_RANGE = (10, 60)
 ONNX_AUDIO = "audio_encoder.onnx"
 ONNX_DENOISER = "denoiser.onnx"
@@ -353,6 +357,15 @@ class _Core:
         self.anchor = np.zeros(len(POSE))
         self.anchor_alpha = 1.0 - math.exp(-1.0 / (fps * ANCHOR_S))
         self.blinks = BlinkTrack(seed, fps) if model.config.blink_process else None
+        self.quiet = 10**9  # frames since the last speech frame: the stream starts in silence
+        self.rest_after = MOUTH_REST_AFTER_S * fps
+        self.release = 1.0 / (MOUTH_RELEASE_S * fps)
+        self.mouth_rest = neutral()[MOUTH]
+
+    def mouth_gain(self, speech: bool) -> float:
+        """1 in speech and shortly after it, then decaying to 0 (mouth at rest) in silence."""
+        self.quiet = 0 if speech else self.quiet + 1
+        return math.exp(-max(0.0, self.quiet - self.rest_after) * self.release)
 
     def noise(self, first: int, n: int) -> np.ndarray:
         """Initial noise of frames first..first+n-1: a function of (seed, frame index) only."""
@@ -381,6 +394,11 @@ class _Core:
             frame = raw[i].astype(np.float64)
             self.anchor += self.anchor_alpha * (frame[POSE] - self.anchor)
             frame[POSE] -= self.anchor
+            # In silence the first-step mouth follows the context: after speech it could hold an
+            # open mouth for as long as the silence lasted (0.6 on jaw/lip channels with 6 of 12
+            # seeds). Releasing it here also puts the closed mouth into the context, so it stays.
+            gain = self.mouth_gain(bool(speech[i]))
+            frame[MOUTH] = self.mouth_rest + gain * (frame[MOUTH] - self.mouth_rest)
             frame = clip_motion(frame)
             out[i] = frame
             self.ctx.append(((frame - m.motion_mean) / m.motion_std).astype(np.float32))
@@ -686,6 +704,28 @@ def generate_motion(
     while post.n_out < n_frames:
         out.append(post.push(post.raw[-1][None]))
     return np.concatenate(out)[:n_frames].astype(np.float32)
+
+
+def stream_motion(
+    model: MotionModel,
+    pcm: np.ndarray,
+    sample_rate: int,
+    fps: int = 25,
+    controls: MotionControls = MotionControls(),  # noqa: B008 - frozen dataclass
+    push_ms: float = 10.0,
+) -> np.ndarray:
+    """Whole file through :class:`MotionStream` in ``push_ms`` pushes, as a live session hears it.
+
+    Same shape as :func:`generate_motion`, so evaluations can score what a live viewer sees.
+    """
+    stream = MotionStream(model, fps, controls)
+    x = np.asarray(pcm)
+    step = max(1, int(round(sample_rate * push_ms / 1000.0)))
+    frames = [f for i in range(0, len(x), step) for f in stream.push(x[i : i + step], sample_rate)]
+    frames += stream.flush()
+    n_frames = -(-len(x) * fps // sample_rate)
+    out = np.array([f.values for f in frames], np.float32).reshape(-1, N_CHANNELS)
+    return out[:n_frames]
 
 
 def with_controls(controls: MotionControls, **changes: Any) -> MotionControls:

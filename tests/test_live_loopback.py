@@ -221,13 +221,20 @@ def test_mouth_moves_in_speech_and_rests_in_silence(rec: Recording, engine) -> N
     speech = (t_in > s0 + 0.2) & (t_in < s1 - 0.2)
     silence = ((t_in > 0.2) & (t_in < s0 - 0.3)) | (t_in > s1 + 0.6)
     assert speech.sum() > 30 and silence.sum() > 10
-    in_speech, in_silence = to_rest[speech], to_rest[silence]
-    assert np.percentile(in_speech, 75) > 2.0 * np.median(in_silence) + 0.5, (
-        np.percentile(in_speech, [25, 50, 75]),
-        np.percentile(in_silence, [25, 50, 75]),
-    )
+    # What the mouth adds over codec noise: the distance to the mouth-at-rest image minus the
+    # distance to the exact image. Codec noise itself varies with the bitrate the client grants.
+    mouth = to_rest - to_exact
+    report = {
+        name: (
+            np.percentile(to_rest[sel], [25, 50, 75]).round(2),
+            np.percentile(to_exact[sel], [25, 50, 75]).round(2),
+        )
+        for name, sel in (("speech", speech), ("silence", silence))
+    }
+    assert np.percentile(mouth[speech], 75) > 2.0, report
+    assert np.median(mouth[silence]) < 0.5 and np.percentile(mouth[silence], 90) < 1.5, report
     # the received frames show the motion that was sent for them (only codec noise remains)
-    assert np.median(to_exact[speech]) < 0.6 * np.percentile(in_speech, 75)
+    assert np.median(to_exact[speech]) < 0.6 * np.percentile(to_rest[speech], 75), report
 
 
 async def post_offer(url: str, payload: object, raw: bytes | None = None) -> tuple[int, dict, dict]:
