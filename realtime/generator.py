@@ -395,7 +395,7 @@ class _Core:
             self.anchor += self.anchor_alpha * (frame[POSE] - self.anchor)
             frame[POSE] -= self.anchor
             # In silence the first-step mouth follows the context: after speech it could hold an
-            # open mouth for as long as the silence lasted (0.6 on jaw/lip channels with 6 of 12
+            # open mouth for as long as the silence lasted (up to 0.6 with 6 of 12
             # seeds). Releasing it here also puts the closed mouth into the context, so it stays.
             gain = self.mouth_gain(bool(speech[i]))
             frame[MOUTH] = self.mouth_rest + gain * (frame[MOUTH] - self.mouth_rest)

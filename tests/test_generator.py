@@ -151,7 +151,7 @@ def test_the_mouth_comes_to_rest_after_speech(
     """Speech, then silence: the mouth opens in speech and is closed 0.5 s after it, for every seed.
 
     Before the mouth release, the first-step mouth followed an open context through the silence
-    (jaw and lips held at 0.6 with 6 of 12 seeds), and the live loopback test failed now and then.
+    (held at 0.28-0.61 with 6 of 12 seeds), and the live loopback test failed now and then.
     """
     pcm = np.concatenate([np.zeros(16000, np.float32), speech_16k, np.zeros(3 * 16000, np.float32)])
     env = np.convolve(np.abs(speech_16k), np.ones(800) / 800, mode="same")
