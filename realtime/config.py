@@ -7,6 +7,7 @@ variables ``AVATAR_<SECTION>_<KEY>``, then ``--set section.key=value`` pairs.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import json
 import os
 import tomllib
@@ -31,6 +32,8 @@ class ServerConfig:
     cors_origins: tuple[str, ...] = ("*",)
     max_body_bytes: int = 60_000_000
     rate_limit_per_minute: int = 30
+    # Reverse proxies (addresses or networks) whose X-Forwarded-For names the real client.
+    trusted_proxies: tuple[str, ...] = ()
     log_format: str = "text"
 
 
@@ -173,4 +176,19 @@ def load_config(
         if section not in sections:
             raise ConfigError(f"unknown config section [{section}]")
         changes[section] = _apply(getattr(cfg, section), values, section)
-    return dataclasses.replace(cfg, **changes)
+    cfg = dataclasses.replace(cfg, **changes)
+    proxy_networks(cfg.server.trusted_proxies)  # refuse a bad entry at start, not per request
+    return cfg
+
+
+def proxy_networks(entries: Iterable[str]) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    """``server.trusted_proxies`` as networks (a bare address is a /32 or /128)."""
+    out = []
+    for entry in entries:
+        try:
+            out.append(ipaddress.ip_network(str(entry).strip(), strict=False))
+        except ValueError:
+            raise ConfigError(
+                f"server.trusted_proxies: {entry!r} is not an IP address or network (e.g. 10.0.0.0/8)"
+            ) from None
+    return tuple(out)

@@ -34,7 +34,11 @@ TOO_LARGE = _error("Request body over the size limit")
 BAD_REQUEST = _error("Malformed request or parameter out of range")
 NOT_FOUND = _error("No such resource")
 BUSY = _error("At capacity (max sessions or job queue full)", retry_after=True)
-RATE_LIMITED = _error("Too many session creations from this address", retry_after=True)
+RATE_LIMITED = _error(
+    "Too many session creations from this client (its address, or behind a trusted proxy the"
+    " X-Forwarded-For client)",
+    retry_after=True,
+)
 
 
 def _controls_schema(extra: dict[str, Any] | None = None) -> dict[str, Any]:

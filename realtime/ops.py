@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import codecs
 import hmac
+import ipaddress
 import json
 import logging
 import re
@@ -30,7 +31,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
 
-from realtime.config import Config
+from realtime.config import Config, proxy_networks
 from realtime.logs import REQUEST_ID
 from realtime.ratelimit import RateLimiter
 
@@ -39,6 +40,7 @@ log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 RATE_LIMITER_KEY = web.AppKey("rate_limiter", RateLimiter)
+TRUSTED_PROXIES_KEY = web.AppKey("trusted_proxies", tuple)
 
 # Routes that never need the token: probes, docs, the browser client, and results
 # (their names are unguessable). Everything else is protected, so a new route is safe by default.
@@ -96,8 +98,34 @@ def route_label(request: web.Request) -> str:
 
 
 def client_key(request: web.Request) -> str:
-    """The rate-limit key: the peer address. ``X-Forwarded-For`` is spoofable, so it is not trusted."""
-    return request.remote or "unknown"
+    """The rate-limit key: the peer address, or behind a trusted reverse proxy the client it names.
+
+    ``X-Forwarded-For`` is spoofable, so it counts only when the peer is one of
+    ``server.trusted_proxies``; then the rightmost hop that is not itself a trusted proxy is the
+    client (each proxy appends the address it saw, so hops left of that are the client's claims).
+    A hop that is not an address keeps the proxy's own key.
+    """
+    remote = request.remote or "unknown"
+    proxies = request.app[TRUSTED_PROXIES_KEY]
+    if not proxies or not _within(remote, proxies):
+        return remote
+    hops = [h.strip() for value in request.headers.getall("X-Forwarded-For", ()) for h in value.split(",")]
+    for hop in reversed(hops):
+        try:
+            address = ipaddress.ip_address(hop)
+        except ValueError:
+            return remote
+        if not any(address in net for net in proxies):
+            return str(address)
+    return remote
+
+
+def _within(host: str, networks: tuple[Any, ...]) -> bool:
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:  # a Unix socket or an unknown peer
+        return False
+    return any(address in net for net in networks)
 
 
 class OfferError(ValueError):
@@ -421,6 +449,7 @@ def setup_ops(app: web.Application) -> None:
 
     config = app[CONFIG_KEY]
     app[RATE_LIMITER_KEY] = RateLimiter(config.server.rate_limit_per_minute)
+    app[TRUSTED_PROXIES_KEY] = proxy_networks(config.server.trusted_proxies)
 
     async def healthz(_: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})

@@ -136,6 +136,46 @@ async def test_session_creation_rate_limit(make_client, test_config):
     assert 'avatar_http_rejected_total{reason="rate_limit"} 2.0' in text
 
 
+async def _offer_statuses(client: TestClient, forwarded: str | None, n: int) -> list[int]:
+    headers = {} if forwarded is None else {"X-Forwarded-For": forwarded}
+    out = []
+    for _ in range(n):
+        resp = await client.post("/offer", json={"sdp": VIDEO_ONLY_OFFER, "type": "offer"}, headers=headers)
+        out.append(resp.status)
+    return out
+
+
+async def test_rate_limit_behind_a_trusted_proxy(make_client, test_config):
+    """Through a trusted proxy (the test client's 127.0.0.1) each forwarded client has its own bucket;
+    the hops a client wrote itself (left of what the proxy appended) change nothing."""
+    client = await make_client(_with(test_config, rate_limit_per_minute=2, trusted_proxies=("127.0.0.0/8",)))
+    assert await _offer_statuses(client, "203.0.113.7", 3) == [400, 400, 429]
+    assert await _offer_statuses(client, "198.51.100.1", 2) == [400, 400]  # another client
+    # a spoofed hop in front of the real one: still 203.0.113.7's bucket
+    assert await _offer_statuses(client, "198.51.100.99, 203.0.113.7", 1) == [429]
+    # a chain of trusted proxies is skipped
+    assert await _offer_statuses(client, "192.0.2.5, 127.0.0.2", 2) == [400, 400]
+    assert await _offer_statuses(client, "192.0.2.5", 1) == [429]
+    # no header, or garbage in it: the proxy's own address is the key
+    assert await _offer_statuses(client, None, 3) == [400, 400, 429]
+    assert await _offer_statuses(client, "not-an-ip", 1) == [429]
+
+
+async def test_forwarded_for_is_ignored_without_trusted_proxies(make_client, test_config):
+    client = await make_client(_with(test_config, rate_limit_per_minute=2))
+    assert await _offer_statuses(client, "203.0.113.7", 2) == [400, 400]
+    assert await _offer_statuses(client, "198.51.100.1", 1) == [429]  # the header does not help
+
+
+def test_trusted_proxies_are_checked_at_load():
+    from realtime.config import ConfigError, load_config
+
+    cfg = load_config(overrides=['server.trusted_proxies=["10.0.0.0/8", "::1"]'], env={})
+    assert cfg.server.trusted_proxies == ("10.0.0.0/8", "::1")
+    with pytest.raises(ConfigError, match="trusted_proxies: '10.0.0.300'"):
+        load_config(overrides=["server.trusted_proxies=10.0.0.300"], env={})
+
+
 async def test_overlong_path_segment_is_414(make_client):
     client = await make_client()
     for path in ("/static/" + "x" * 5000 + ".png", "/output/" + "y" * 300, "/api/jobs/" + "z" * 256):
