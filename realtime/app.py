@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import gc
 import logging
 import os
@@ -27,15 +28,21 @@ log = logging.getLogger(__name__)
 CONFIG_KEY = web.AppKey("config", Config)
 ENGINE_KEY = web.AppKey("engine", Engine)
 METRICS_KEY = web.AppKey("metrics", Metrics)
+FRONT_KEY = web.AppKey("front", bool)  # live sessions run in worker processes, not here
 
 STATIC_DIR = ROOT / "static"
 
 
 async def _engine_ctx(app: web.Application) -> AsyncIterator[None]:
-    """Load and warm the models once per process; free them on cleanup."""
+    """Load and warm the models once per process; free them on cleanup.
+
+    A front whose live sessions run in worker processes leaves the motion model for its first
+    offline job (see :meth:`Engine.warmup`).
+    """
     engine = app[ENGINE_KEY]
+    front = app.get(FRONT_KEY, False)
     loop = asyncio.get_running_loop()
-    await loop.run_in_executor(engine.executor, engine.warmup)
+    await loop.run_in_executor(engine.executor, functools.partial(engine.warmup, motion=not front))
     # Everything loaded so far (modules, models, avatars) lives as long as the process. Frozen out
     # of the collector, it no longer makes each full collection a 100+ ms pause mid-session.
     gc.freeze()
@@ -59,6 +66,7 @@ def create_app(config: Config | None = None, *, engine: Engine | None = None) ->
     app[CONFIG_KEY] = config
     app[ENGINE_KEY] = engine or Engine(config)
     app[METRICS_KEY] = Metrics()
+    app[FRONT_KEY] = config.server.workers > 0
     if engine is None:
         app.cleanup_ctx.append(_engine_ctx)
     ops.setup_ops(app)

@@ -36,25 +36,35 @@ class Engine:
         self._renderers: OrderedDict[tuple[str, int], PortraitRenderer] = OrderedDict()
         self._max_cached = max_cached_avatars
         self._motion_model: MotionModel | None = None
+        self._model_lock = threading.Lock()  # one load even when two jobs ask at once
         self.ready = False
 
     # -- models -------------------------------------------------------------
     @property
     def motion_model(self) -> MotionModel:
-        if self._motion_model is None:
-            from realtime.generator import MotionModel
+        """The motion model, loaded on first use."""
+        with self._model_lock:
+            if self._motion_model is None:
+                from realtime.generator import MotionModel
 
-            cfg = self.config.model
-            self._motion_model = MotionModel.load(self.config.resolve(cfg.path), backend=cfg.backend)
-        return self._motion_model
+                cfg = self.config.model
+                self._motion_model = MotionModel.load(self.config.resolve(cfg.path), backend=cfg.backend)
+            return self._motion_model
 
-    def warmup(self) -> None:
-        """Load the motion model and the default avatar so the first session starts fast."""
-        self.motion_model.warmup()
+    def warmup(self, *, motion: bool = True) -> None:
+        """Load the default avatar, and the motion model unless ``motion`` is false, so the first
+        session starts fast.
+
+        The front of a server with live worker processes passes ``motion=False``: it needs the
+        model only for offline jobs, and loading it (torch and onnxruntime, about 265 MB, 1.6 s)
+        at the first job keeps it out of memory on servers that only stream.
+        """
+        if motion:
+            self.motion_model.warmup()
         bundle = self.avatar("default")
         self.renderer(bundle, self.config.live.resolution)
         self.ready = True
-        log.info("engine warm: motion model and default avatar loaded")
+        log.info("engine warm: %sdefault avatar loaded", "motion model and " if motion else "")
 
     # -- avatars ------------------------------------------------------------
     def avatar(self, name: str) -> AvatarBundle:

@@ -212,3 +212,43 @@ async def test_a_wedged_worker_is_replaced(front) -> None:
         assert await _readyz_becomes(http, url, 503, within=15), "a silent worker was not noticed"
         assert await _readyz_becomes(http, url, 200, within=120), "the wedged worker was not replaced"
     assert not _running(old_pid) and victim.process.pid != old_pid and victim.restarts == 1
+
+
+async def test_a_front_loads_the_motion_model_only_for_offline_jobs(front_config, speech) -> None:
+    """A front with its own engine (as `avatar serve` builds it) starts without the motion model,
+    which only its offline jobs use, and loads it for the first one; the MP4 comes out whole."""
+    import av
+    from test_offline_api import form, wav_bytes
+
+    from realtime.app import ENGINE_KEY
+
+    config = load_config(
+        overrides=[
+            f"avatars.cache_dir={front_config.avatars.cache_dir}",
+            f"offline.output_dir={front_config.offline.output_dir}",
+            "server.workers=1",
+        ],
+        env={},
+    )
+    app = create_app(config)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    try:
+        engine = app[ENGINE_KEY]
+        assert engine.ready and engine._motion_model is None
+        pcm, rate = speech
+        url = str(server.make_url("")).rstrip("/")
+        async with aiohttp.ClientSession() as http:
+            data = form(wav_bytes(pcm[: rate * 2], rate), encode(astronaut()), '{"min_resolution": 256}')
+            async with http.post(f"{url}/api/sonic/generate", data=data) as r:
+                body = await r.json()
+                assert r.status == 200, body
+            async with http.get(body["video_url"]) as r:
+                video = await r.read()
+        assert engine._motion_model is not None
+        out = Path(config.offline.output_dir) / "check.mp4"
+        out.write_bytes(video)
+        with av.open(str(out)) as c:
+            assert sum(1 for _ in c.decode(video=0)) == 50
+    finally:
+        await server.close()
