@@ -142,7 +142,9 @@
           if (s !== "disconnected") scheduleReconnect();
         }
       };
-      dc = pc.createDataChannel("motion");
+      // Unordered and never retransmitted: a late motion frame is useless, and on a reliable ordered
+      // channel one lost packet held every later frame back for SCTP's retransmission timeout (1-3 s).
+      dc = pc.createDataChannel("motion", { ordered: false, maxRetransmits: 0 });
       dc.onmessage = onMotion;
       dc.onopen = () => {
         pingTimer = setInterval(() => {
