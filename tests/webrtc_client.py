@@ -151,7 +151,8 @@ class AvatarClient:
         if self.receive_video:
             self.pc.addTransceiver("video", direction="recvonly")
         if self.data_channel:
-            self.channel = self.pc.createDataChannel(self.data_channel)
+            # as the browser page opens it (docs/live.md): a lost message never stalls the later ones
+            self.channel = self.pc.createDataChannel(self.data_channel, ordered=False, maxRetransmits=0)
 
             @self.channel.on("message")
             def _on_message(message: Any) -> None:
