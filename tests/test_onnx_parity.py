@@ -49,3 +49,12 @@ def test_fresh_export_has_parity_with_random_weights(tmp_path: Path) -> None:
     v = model.backend.velocity(x, np.full(5, 0.3, np.float32), x, np.zeros((5, 40, 1), np.float32),
                                np.zeros((5, 40, cfg.hidden), np.float32))  # fmt: skip
     assert v.shape == x.shape
+
+
+def test_shipped_denoiser_has_its_convolutions_as_matmuls() -> None:
+    """The export writes each block's time convolution as one MatMul (same weights): onnxruntime's
+    Conv made a 9-frame streaming call about a quarter slower. A re-export must keep that form."""
+    import onnx
+
+    ops = {node.op_type for node in onnx.load(str(MODEL_DIR / "denoiser.onnx")).graph.node}
+    assert "Conv" not in ops and "MatMul" in ops
