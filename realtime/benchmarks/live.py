@@ -345,7 +345,6 @@ async def measure(
         "seconds": args.seconds,
         "resolution": args.resolution,
         "server_settings": list(args.overrides),
-        "client_nice": args.client_nice,
     }
     async with aiohttp.ClientSession() as http:
         deadline = time.monotonic() + 180
@@ -447,14 +446,6 @@ def cli_main(argv: list[str]) -> int:
     parser.add_argument("--json", type=Path, default=None, help="also write the result here")
     parser.add_argument("--margin-ms", type=float, default=None, help="live.latency_margin_ms for the server")
     parser.add_argument(
-        "--client-nice",
-        type=int,
-        default=0,
-        metavar="N",
-        help="run the loopback clients at this nice level once the server has started, so that they "
-        "stand in for clients on other machines and take only the CPU the server leaves (0: equal)",
-    )
-    parser.add_argument(
         "--set",
         dest="overrides",
         action="append",
@@ -477,8 +468,6 @@ def cli_main(argv: list[str]) -> int:
     if args.margin_ms is not None:
         args.overrides.append(f"live.latency_margin_ms={args.margin_ms}")
     server, url = start_server(args.sessions, work / "avatars", args.overrides)
-    if args.client_nice:
-        os.nice(args.client_nice)  # this process only: the server was started at the old level
     try:
         result = asyncio.run(measure(args, server, url, pcm, onsets, meter))
     finally:
