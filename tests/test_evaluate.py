@@ -253,8 +253,10 @@ def test_cli_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
         cli_main(["nonsense"])
 
 
-def test_evaluate_runs_a_real_model(tmp_path: Path) -> None:
-    """Integration with the generator contract, on a small untrained model (metrics only need to exist)."""
+@pytest.mark.parametrize("stream", [False, True])
+def test_evaluate_runs_a_real_model(tmp_path: Path, stream: bool) -> None:
+    """Integration with the generator contract, on a small untrained model (metrics only need to exist);
+    ``stream`` scores what a live session would show, frame for frame as long as the file."""
     gen = pytest.importorskip("realtime.generator")
     model_mod = pytest.importorskip("realtime.model")
     import torch
@@ -265,7 +267,8 @@ def test_evaluate_runs_a_real_model(tmp_path: Path) -> None:
     cfg = model_mod.MotionConfig(hidden=32, audio_hidden=32, n_layers=2)
     model = gen.MotionModel.from_module(model_mod.MotionDenoiser(cfg).eval())
     corpus = _synthetic_corpus(tmp_path / "corpus")
-    report, signals = evaluate(corpus, model_dir=None, model=model, limit=1, val_limit=2)
+    report, signals = evaluate(corpus, model_dir=None, model=model, limit=1, val_limit=2, stream=stream)
+    assert report["model"]["mode"] == ("stream (10 ms pushes)" if stream else "whole file")
     for group in ("real", "tts"):
         m = report["groups"][group]["model"]
         assert m["utterances"] == 1 and m["frames"] > 40

@@ -167,6 +167,22 @@ def test_the_mouth_comes_to_rest_after_speech(
         assert mouth[end:].max() < 0.05, (seed, mouth[end:].max())
 
 
+def test_stream_motion_is_the_stream(model: MotionModel, speech_16k: np.ndarray) -> None:
+    """What `avatar eval lipsync --stream` scores is exactly what a session's MotionStream emits,
+    one frame per 1/fps of audio (44.1 kHz input resampled on the way, as live)."""
+    from realtime.generator import stream_motion
+
+    pcm = speech_16k[: 16000 * 2]
+    got = stream_motion(model, pcm, 16000, controls=MotionControls(seed=5))
+    want = _stream_all(model, pcm, [160], controls=MotionControls(seed=5))
+    assert got.shape == (50, N_CHANNELS)
+    np.testing.assert_array_equal(got, want[:50])
+    from scipy.signal import resample_poly
+
+    x44 = resample_poly(pcm, 441, 160).astype(np.float32)
+    assert stream_motion(model, x44, 44100).shape == (50, N_CHANNELS)
+
+
 def _runs(mask: np.ndarray) -> np.ndarray:
     """Lengths (frames) of the runs of True in ``mask``."""
     edges = np.flatnonzero(np.diff(np.r_[0, mask.astype(np.int8), 0]))
