@@ -49,6 +49,16 @@ def test_model_metadata(model: MotionModel) -> None:
     assert model.backend_name in ("onnx", "torch")
 
 
+def _counting_rows(model: MotionModel, rows: list[int]) -> MotionModel:
+    """A copy of ``model`` whose denoiser calls append their batch rows to ``rows``."""
+    import copy
+
+    counting = copy.copy(model)
+    counting.backend = copy.copy(model.backend)
+    counting.backend.velocity = lambda x, *a: rows.append(len(x)) or model.backend.velocity(x, *a)
+    return counting
+
+
 @pytest.mark.parametrize("dynamic_scale", [1.0, 1.5])
 def test_mouth_is_the_first_steps_estimate(model: MotionModel, dynamic_scale: float) -> None:
     """Mouth channels come from the first velocity call (as with 1 step); the other channels follow
@@ -76,9 +86,7 @@ def test_mouth_is_the_first_steps_estimate(model: MotionModel, dynamic_scale: fl
 
     # guidance (a second, null-audio batch row) only in the first call: only its mouth is kept
     rows: list[int] = []
-    counting = copy.copy(model)
-    counting.backend = copy.copy(model.backend)
-    counting.backend.velocity = lambda x, *a: rows.append(len(x)) or model.backend.velocity(x, *a)
+    counting = _counting_rows(model, rows)
     counting.sample_window(ctx, audio, noise, 3, dynamic_scale)
     assert rows == ([2, 1, 1] if dynamic_scale != 1.0 else [1, 1, 1])
 
@@ -86,13 +94,9 @@ def test_mouth_is_the_first_steps_estimate(model: MotionModel, dynamic_scale: fl
 def test_streams_take_the_stream_guidance(model: MotionModel, speech_16k: np.ndarray) -> None:
     """Live streams sample the mouth with `stream_guidance_scale` (a null-audio row in the first
     call of each frame), whole files with `guidance_scale` (1: no null pass)."""
-    import copy
-
     assert model.config.stream_guidance_scale > 1.0 == model.config.guidance_scale
     rows: list[int] = []
-    counting = copy.copy(model)
-    counting.backend = copy.copy(model.backend)
-    counting.backend.velocity = lambda x, *a: rows.append(len(x)) or model.backend.velocity(x, *a)
+    counting = _counting_rows(model, rows)
     pcm = speech_16k[:8000]
     frames = _stream_all(counting, pcm, [320])
     assert rows[:3] == [2, 1, 1] and rows.count(2) == len(frames) and len(rows) == 3 * len(frames)
