@@ -23,7 +23,7 @@ from realtime.model import Block, MotionDenoiser
 OPSET = 17
 
 
-class _MatmulBlock(torch.nn.Module):
+class _MatmulBlock(Block):
     """A :class:`~realtime.model.Block` whose time convolution is one MatMul over shifted copies.
 
     The same weights and, up to float rounding, the same result. onnxruntime runs a Conv1d over a
@@ -33,34 +33,28 @@ class _MatmulBlock(torch.nn.Module):
     """
 
     def __init__(self, block: Block) -> None:
-        super().__init__()
-        self.block = block
-        conv = block.conv
-        out_ch, in_ch, k = conv.weight.shape
-        self.kernel, self.pad = int(k), int(conv.padding[0])
+        out_ch, in_ch, k = block.conv.weight.shape
+        super().__init__(int(in_ch), int(k))
+        self.load_state_dict(block.state_dict())
+        self.pad = int(block.conv.padding[0])
         # out[t, o] = sum_i sum_c W[o, c, i] * padded[t + i, c]  ->  rows ordered (i, c)
-        self.register_buffer(
-            "weight", conv.weight.detach().permute(2, 1, 0).reshape(k * in_ch, out_ch).clone()
-        )
-        self.register_buffer("bias", conv.bias.detach().clone())
+        weight = block.conv.weight.detach().permute(2, 1, 0).reshape(k * in_ch, out_ch)
+        self.register_buffer("conv_matrix", weight.clone())
 
-    def forward(self, h: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
-        block = self.block
-        scale, shift = block.film(temb)[:, None, :].chunk(2, dim=-1)
-        y = block.norm(h) * (1.0 + scale) + shift
+    def time_conv(self, y: torch.Tensor) -> torch.Tensor:
         padded = torch.nn.functional.pad(y, (0, 0, self.pad, self.pad))
         # shifted copies by constant slice bounds (an end counted from the back): no shape arithmetic
         # in the graph, whose small nodes each cost about as much as a small matmul
-        last = self.kernel - 1
-        cols = torch.cat([padded[:, i : (i - last) or None] for i in range(self.kernel)], dim=-1)
-        return h + block.out(block.act(cols @ self.weight + self.bias))
+        last = self.conv.kernel_size[0] - 1
+        cols = torch.cat([padded[:, i : (i - last) or None] for i in range(last + 1)], dim=-1)
+        return cols @ self.conv_matrix + self.conv.bias
 
 
 def _for_export(net: MotionDenoiser) -> MotionDenoiser:
     """A copy of ``net`` with its blocks in the form onnxruntime runs fastest (same weights)."""
     out = copy.deepcopy(net).eval()
     out.blocks = torch.nn.ModuleList(_MatmulBlock(b) for b in out.blocks)
-    return out
+    return out.eval()
 
 
 class _AudioEncoder(torch.nn.Module):

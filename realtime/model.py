@@ -117,11 +117,14 @@ class Block(nn.Module):
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
 
+    def time_conv(self, y: torch.Tensor) -> torch.Tensor:
+        """The convolution over time, (B, T, H) -> (B, T, H) (the ONNX export swaps in a matmul form)."""
+        return self.conv(y.transpose(1, 2)).transpose(1, 2)
+
     def forward(self, h: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
         scale, shift = self.film(temb)[:, None, :].chunk(2, dim=-1)
         y = self.norm(h) * (1.0 + scale) + shift
-        y = self.conv(y.transpose(1, 2)).transpose(1, 2)
-        return h + self.out(self.act(y))
+        return h + self.out(self.act(self.time_conv(y)))
 
 
 class MotionDenoiser(nn.Module):

@@ -107,25 +107,27 @@ def client_key(request: web.Request) -> str:
     """
     remote = request.remote or "unknown"
     proxies = request.app[TRUSTED_PROXIES_KEY]
-    if not proxies or not _within(remote, proxies):
+    if not _trusted(_address(remote), proxies):
         return remote
     hops = [h.strip() for value in request.headers.getall("X-Forwarded-For", ()) for h in value.split(",")]
     for hop in reversed(hops):
-        try:
-            address = ipaddress.ip_address(hop)
-        except ValueError:
+        address = _address(hop)
+        if address is None:
             return remote
-        if not any(address in net for net in proxies):
+        if not _trusted(address, proxies):
             return str(address)
     return remote
 
 
-def _within(host: str, networks: tuple[Any, ...]) -> bool:
+def _address(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     try:
-        address = ipaddress.ip_address(host)
-    except ValueError:  # a Unix socket or an unknown peer
-        return False
-    return any(address in net for net in networks)
+        return ipaddress.ip_address(host)
+    except ValueError:  # a Unix socket, an unknown peer, a malformed hop
+        return None
+
+
+def _trusted(address: Any, networks: tuple[Any, ...]) -> bool:
+    return address is not None and any(address in net for net in networks)
 
 
 class OfferError(ValueError):
