@@ -1,0 +1,28 @@
+"""The live VP8 settings on real rendered frames: decodable, faithful in the face, within the bitrate."""
+
+from __future__ import annotations
+
+import pytest
+
+from realtime.benchmarks.encode import AIORTC_OPTIONS, encode_run, render_frames
+from realtime.tracks import AvatarVp8Encoder
+
+
+@pytest.fixture(scope="module")
+def frames() -> tuple[list, tuple[int, int, int, int]]:
+    return render_frames(60)
+
+
+@pytest.mark.parametrize("kbps", [500, 1500])
+def test_shipped_vp8_settings_keep_the_face(
+    frames: tuple[list, tuple[int, int, int, int]], kbps: int
+) -> None:
+    planes, box = frames
+    ours = encode_run(planes, box, kbps * 1000, AvatarVp8Encoder.OPTIONS)
+    no_skip = encode_run(planes, box, kbps * 1000, {**AvatarVp8Encoder.OPTIONS, "static-thresh": "1"})
+    aiortc = encode_run(planes, box, kbps * 1000, AIORTC_OPTIONS)
+    # static-thresh skips blocks that barely changed: the face must still come through, every frame
+    assert ours["psnr_region_db"] >= no_skip["psnr_region_db"] - 1.5, (ours, no_skip)
+    assert ours["psnr_region_worst_db"] >= no_skip["psnr_region_worst_db"] - 0.5, (ours, no_skip)
+    assert ours["psnr_region_db"] >= aiortc["psnr_region_db"], (ours, aiortc)
+    assert ours["kbps"] <= kbps * 1.15, ours  # CBR: no overshoot past the REMB target
