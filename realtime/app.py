@@ -39,6 +39,12 @@ async def _engine_ctx(app: web.Application) -> AsyncIterator[None]:
     A front whose live sessions run in worker processes leaves the motion model for its first
     offline job (see :meth:`Engine.warmup`).
     """
+    import cv2
+
+    # One OpenCV thread, as onnxruntime and libvpx get one: sessions run side by side on the
+    # executor. OpenCV's own pool did almost none of the render work here (0.1 % of a core per
+    # session) but its idle thread spun in sched_yield after each call (1 %).
+    cv2.setNumThreads(1)
     engine = app[ENGINE_KEY]
     front = app.get(FRONT_KEY, False)
     loop = asyncio.get_running_loop()
