@@ -121,9 +121,13 @@ class Block(nn.Module):
         """The convolution over time, (B, T, H) -> (B, T, H) (the ONNX export swaps in a matmul form)."""
         return self.conv(y.transpose(1, 2)).transpose(1, 2)
 
-    def forward(self, h: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
+    def modulation(self, temb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """FiLM of the flow time: (1 + scale, shift), each (B, 1, H)."""
         scale, shift = self.film(temb)[:, None, :].chunk(2, dim=-1)
-        y = self.norm(h) * (1.0 + scale) + shift
+        return 1.0 + scale, shift
+
+    def forward(self, h: torch.Tensor, gain: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+        y = self.norm(h) * gain + shift
         return h + self.out(self.act(self.time_conv(y)))
 
 
@@ -164,9 +168,13 @@ class MotionDenoiser(nn.Module):
         x_in = x * (1.0 - mask) + ctx * mask
         h = self.inp(torch.cat([x_in, mask], dim=-1)) + audio
         temb = self.time(timestep_embedding(t, 64))
-        for block in self.blocks:
-            h = block(h, temb)
+        for block, (gain, shift) in zip(self.blocks, self.modulations(temb), strict=True):
+            h = block(h, gain, shift)
         return self.head(self.norm(h))
+
+    def modulations(self, temb: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Every block's FiLM (the ONNX export computes them in one matmul)."""
+        return [block.modulation(temb) for block in self.blocks]
 
     def normalize(self, motion: torch.Tensor) -> torch.Tensor:
         return (motion - self.motion_mean) / self.motion_std
