@@ -72,6 +72,8 @@ class OfflineConfig:
     output_ttl: float = 3600.0
     max_audio_bytes: int = 50_000_000
     max_audio_seconds: float = 900.0
+    # Progress streams (GET /api/jobs/{id}/events) one client may hold open at once; 0 = no limit.
+    max_event_streams_per_client: int = 8
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,37 @@ from realtime.offline import GenerateParams, ParamError, generate_video
 
 log = logging.getLogger(__name__)
 
+
+class StreamSlots:
+    """Open progress streams per client, capped: each holds a connection and a task until its job ends.
+
+    Owned by the app's event loop (the only caller), so it needs no lock. ``limit`` 0 = no cap.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._open: dict[str, int] = {}
+
+    def acquire(self, key: str) -> bool:
+        held = self._open.get(key, 0)
+        if self.limit > 0 and held >= self.limit:
+            return False
+        self._open[key] = held + 1
+        return True
+
+    def release(self, key: str) -> None:
+        held = self._open.get(key, 0) - 1
+        if held > 0:
+            self._open[key] = held
+        else:
+            self._open.pop(key, None)
+
+    def held(self, key: str) -> int:
+        return self._open.get(key, 0)
+
+
 JOBS_KEY = web.AppKey("offline_jobs", JobQueue)
+STREAMS_KEY = web.AppKey("offline_event_streams", StreamSlots)
 
 _FIELDS = ("audio", "image", "config")
 _MAX_CONFIG_BYTES = 64 * 1024
@@ -313,17 +343,39 @@ async def job_cancel(request: web.Request) -> web.Response:
 
 async def job_events(request: web.Request) -> web.StreamResponse:
     """``GET /api/jobs/{job_id}/events``: ``progress`` events, then one ``done`` or ``failed``/``cancelled``."""
+    from realtime.ops import client_key
+
     job = _job_or_404(request)
-    resp = web.StreamResponse(
-        headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-    )
-    await resp.prepare(request)
-    async for event, data in _events(job):
-        await resp.write(
-            f"event: {event}\ndata: {json.dumps(data)}\n\n".encode() if event else b": keepalive\n\n"
+    slots, key = request.app[STREAMS_KEY], client_key(request)
+    if not slots.acquire(key):
+        return web.json_response(
+            {
+                "success": False,
+                "error": f"this client already has {slots.held(key)} progress streams open (the limit);"
+                f" close one, or poll {request.path.removesuffix('/events')}",
+                "code": "too_many_streams",
+            },
+            status=429,
+            headers={"Retry-After": "5"},
         )
-    await resp.write_eof()
-    return resp
+    try:
+        resp = web.StreamResponse(
+            headers={
+                "Content-Type": "text/event-stream",
+                "Cache-Control": "no-cache",
+                "X-Accel-Buffering": "no",
+            }
+        )
+        await resp.prepare(request)
+        # A client that leaves is noticed at the next write (a keepalive at most 15 s later).
+        async for event, data in _events(job):
+            await resp.write(
+                f"event: {event}\ndata: {json.dumps(data)}\n\n".encode() if event else b": keepalive\n\n"
+            )
+        await resp.write_eof()
+        return resp
+    finally:
+        slots.release(key)
 
 
 async def _events(job: Job, keepalive: float = 15.0) -> AsyncIterator[tuple[str, dict[str, Any]]]:
@@ -376,6 +428,7 @@ def setup_offline(app: web.Application) -> None:
         output_ttl=off.output_ttl,
         metrics=app[METRICS_KEY],
     )
+    app[STREAMS_KEY] = StreamSlots(off.max_event_streams_per_client)
     app.cleanup_ctx.append(_jobs_ctx)
     app.router.add_post("/api/sonic/generate", generate)
     app.router.add_get("/api/jobs/{job_id}", job_status)

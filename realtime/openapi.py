@@ -273,6 +273,11 @@ def build_spec(config: Config) -> dict[str, Any]:
                     "200": {"description": "Event stream", "content": {"text/event-stream": {}}},
                     "401": UNAUTHORIZED,
                     "404": NOT_FOUND,
+                    "429": _error(
+                        "This client already holds offline.max_event_streams_per_client open streams"
+                        " (code too_many_streams)",
+                        retry_after=True,
+                    ),
                 },
             },
         },

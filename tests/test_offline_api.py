@@ -365,3 +365,31 @@ async def test_job_queue_failures_expiry_and_close(tmp_path: Path) -> None:
     assert running.status == "cancelled"
     text = metrics.exposition().decode()
     assert 'avatar_jobs_total{status="failed"} 2.0' in text and "avatar_jobs_active 0.0" in text
+
+
+async def test_progress_streams_are_capped_per_client(engine, tmp_path: Path) -> None:
+    """Each open event stream holds a connection and a task until its job ends: one client gets
+    ``offline.max_event_streams_per_client`` of them, the next is a 429 naming the cap, and the
+    slots come back when the streams end."""
+    app = create_app(make_config(tmp_path, "offline.max_event_streams_per_client=2"), engine=engine)
+    gate = threading.Event()
+    async with TestClient(TestServer(app)) as client:
+        job = app[JOBS_KEY].submit(lambda progress, cancel: gate.wait(30))
+        url = f"/api/jobs/{job.id}/events"
+        try:
+            streams = [await client.get(url) for _ in range(2)]
+            for stream in streams:
+                assert stream.status == 200
+                assert (await stream.content.readline()).startswith(b"event: ")  # streaming
+            refused = await client.get(url)
+            assert refused.status == 429 and int(refused.headers["Retry-After"]) >= 1
+            body = await refused.json()
+            assert body["code"] == "too_many_streams" and f"/api/jobs/{job.id}" in body["error"]
+            assert (await client.get(f"/api/jobs/{job.id}")).status == 200  # polling still works
+        finally:
+            gate.set()
+        for stream in streams:  # the job ends: each stream gets its last event and closes
+            assert b"event: done" in await asyncio.wait_for(stream.content.read(), 30)
+            stream.release()
+        again = await client.get(url)
+        assert again.status == 200 and b"event: done" in await again.read()
