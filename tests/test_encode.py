@@ -26,3 +26,19 @@ def test_shipped_vp8_settings_keep_the_face(
     assert ours["psnr_region_worst_db"] >= no_skip["psnr_region_worst_db"] - 0.5, (ours, no_skip)
     assert ours["psnr_region_db"] >= aiortc["psnr_region_db"], (ours, aiortc)
     assert ours["kbps"] <= kbps * 1.15, ours  # CBR: no overshoot past the REMB target
+
+
+def test_bench_encode_cli(tmp_path, capsys) -> None:
+    import json
+
+    from realtime.benchmarks import cli_main
+
+    out = tmp_path / "encode.json"
+    args = ["encode", "--frames", "14", "--bitrates", "500", "--static-thresh", "1,500", "--json", str(out)]
+    assert cli_main(args) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["setting"] for r in rows] == ["aiortc", "ours, static-thresh 1", "ours, static-thresh 500"]
+    assert all(r["kbps"] > 0 and r["encode_ms_median"] > 0 for r in rows)
+    assert "| 500 kb/s | aiortc |" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        cli_main(["encode", "--bitrates", "fast"])
