@@ -230,12 +230,16 @@ async def test_a_front_loads_the_motion_model_only_for_offline_jobs(front_config
         ],
         env={},
     )
+    import cv2
+
+    cv2.setNumThreads(2)  # whatever an earlier test left: the server sets its own
     app = create_app(config)
     server = TestServer(app, host="127.0.0.1")
     await server.start_server()
     try:
         engine = app[ENGINE_KEY]
         assert engine.ready and engine._motion_model is None
+        assert cv2.getNumThreads() == 1  # server processes: no OpenCV pool spinning between calls
         pcm, rate = speech
         url = str(server.make_url("")).rstrip("/")
         async with aiohttp.ClientSession() as http:
