@@ -11,7 +11,6 @@ The sampler, guidance and streaming state stay in Python (:mod:`realtime.samplin
 
 from __future__ import annotations
 
-import copy
 import warnings
 from pathlib import Path
 
@@ -56,7 +55,8 @@ class _ExportDenoiser(MotionDenoiser):
     The same weights and result. Each block's own FiLM (a Linear, a split into scale and shift
     traced as shape arithmetic, and ``1 + scale``) was 8 small graph nodes; here all blocks'
     come from one matmul split at constant offsets, with the 1 folded into the bias. A streamed
-    denoiser call (9 frames) took 0.72x the time at batch 1 and 0.94x at batch 2.
+    denoiser call (9 frames) takes 0.92x the time at batch 1 and 2 (docs/bench/motion.md).
+    Built from copies of ``net``'s weights; ``net`` itself is left as it is.
     """
 
     def __init__(self, net: MotionDenoiser) -> None:
@@ -79,7 +79,7 @@ class _ExportDenoiser(MotionDenoiser):
 
 def _for_export(net: MotionDenoiser) -> MotionDenoiser:
     """A copy of ``net`` in the form onnxruntime runs fastest (same weights)."""
-    return _ExportDenoiser(copy.deepcopy(net).eval()).eval()
+    return _ExportDenoiser(net).eval()
 
 
 class _AudioEncoder(torch.nn.Module):
