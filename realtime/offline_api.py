@@ -297,12 +297,17 @@ def _truthy(value: str | None) -> bool:
     return value is not None and value.lower() in ("1", "true", "yes", "on")
 
 
-def _queue_full(exc: QueueFullError) -> web.Response:
+def _retry_later(status: int, code: str, error: str, retry_after: int) -> web.Response:
+    """A JSON refusal the client can retry (full queue, too many streams), with ``Retry-After``."""
     return web.json_response(
-        {"success": False, "error": str(exc), "code": "queue_full"},
-        status=503,
-        headers={"Retry-After": str(exc.retry_after)},
+        {"success": False, "error": error, "code": code},
+        status=status,
+        headers={"Retry-After": str(retry_after)},
     )
+
+
+def _queue_full(exc: QueueFullError) -> web.Response:
+    return _retry_later(503, "queue_full", str(exc), exc.retry_after)
 
 
 def _job_result(job: Job) -> web.Response:
@@ -348,15 +353,12 @@ async def job_events(request: web.Request) -> web.StreamResponse:
     job = _job_or_404(request)
     slots, key = request.app[STREAMS_KEY], client_key(request)
     if not slots.acquire(key):
-        return web.json_response(
-            {
-                "success": False,
-                "error": f"this client already has {slots.held(key)} progress streams open (the limit);"
-                f" close one, or poll {request.path.removesuffix('/events')}",
-                "code": "too_many_streams",
-            },
-            status=429,
-            headers={"Retry-After": "5"},
+        return _retry_later(
+            429,
+            "too_many_streams",
+            f"this client already has {slots.held(key)} progress streams open (the limit);"
+            f" close one, or poll {request.path.removesuffix('/events')}",
+            5,
         )
     try:
         resp = web.StreamResponse(
