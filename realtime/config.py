@@ -55,6 +55,7 @@ class LiveConfig:
 class ModelConfig:
     path: str = "models/motion"
     backend: str = "auto"
+    precision: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -180,6 +181,11 @@ def load_config(
         changes[section] = _apply(getattr(cfg, section), values, section)
     cfg = dataclasses.replace(cfg, **changes)
     proxy_networks(cfg.server.trusted_proxies)  # refuse a bad entry at start, not per request
+    # refused here, at start, rather than when the first session or job loads the model
+    if cfg.model.backend not in ("auto", "onnx", "torch"):
+        raise ConfigError(f"model.backend must be auto, onnx or torch, got {cfg.model.backend!r}")
+    if cfg.model.precision not in ("auto", "fp32", "int8"):
+        raise ConfigError(f"model.precision must be auto, fp32 or int8, got {cfg.model.precision!r}")
     return cfg
 
 

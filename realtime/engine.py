@@ -48,7 +48,9 @@ class Engine:
                 from realtime.generator import MotionModel
 
                 cfg = self.config.model
-                self._motion_model = MotionModel.load(self.config.resolve(cfg.path), backend=cfg.backend)
+                self._motion_model = MotionModel.load(
+                    self.config.resolve(cfg.path), backend=cfg.backend, precision=cfg.precision
+                )
             return self._motion_model
 
     def warmup(self, *, motion: bool = True) -> None:

@@ -97,6 +97,10 @@ MOUTH_RELEASE_S = 0.06
 FPS_RANGE = (10, 60)
 ONNX_AUDIO = "audio_encoder.onnx"
 ONNX_DENOISER = "denoiser.onnx"
+# The denoiser with int8 weights (realtime.export.quantize_denoiser): about half the CPU time a call,
+# lip sync equal on the held-out test split (docs/bench/eval.md). CPU only; GPUs run the float graph.
+ONNX_DENOISER_INT8 = "denoiser_int8.onnx"
+PRECISIONS = ("auto", "fp32", "int8")
 WEIGHTS = "motion.pt"
 CONFIG = "config.json"
 
@@ -173,9 +177,7 @@ class _TorchBackend:
 
 
 class _OrtBackend:
-    name = "onnx"
-
-    def __init__(self, folder: Path, providers: list[str] | None = None) -> None:
+    def __init__(self, folder: Path, providers: list[str] | None = None, precision: str = "auto") -> None:
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
@@ -187,8 +189,17 @@ class _OrtBackend:
         if providers is None:
             providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
         self.providers = providers
+        if precision == "auto":
+            # int8 matmuls pay on CPU; CUDA has no fast kernels for the dynamically quantized graph
+            on_cpu = providers == ["CPUExecutionProvider"]
+            precision = "int8" if on_cpu and (folder / ONNX_DENOISER_INT8).is_file() else "fp32"
+        self.precision = precision
+        self.name = "onnx-int8" if precision == "int8" else "onnx"
+        denoiser = folder / (ONNX_DENOISER_INT8 if precision == "int8" else ONNX_DENOISER)
+        if not denoiser.is_file():
+            raise FileNotFoundError(f"precision={precision!r} but {folder} has no {denoiser.name}")
         self.audio = ort.InferenceSession(str(folder / ONNX_AUDIO), opts, providers=providers)
-        self.denoiser = ort.InferenceSession(str(folder / ONNX_DENOISER), opts, providers=providers)
+        self.denoiser = ort.InferenceSession(str(denoiser), opts, providers=providers)
 
     def encode_audio(self, windows: np.ndarray) -> np.ndarray:
         return self.audio.run(None, {"windows": windows})[0]
@@ -223,14 +234,22 @@ class MotionModel:
         self.silent_audio = np.asarray(self.encode_audio(silent), np.float32)[0]
 
     @classmethod
-    def load(cls, path: str | Path = "models/motion", backend: str = "auto") -> MotionModel:
-        """Load ``config.json`` + ``motion.pt`` (and the ONNX files for the onnx backend)."""
+    def load(
+        cls, path: str | Path = "models/motion", backend: str = "auto", precision: str = "auto"
+    ) -> MotionModel:
+        """Load ``config.json`` + ``motion.pt`` (and the ONNX files for the onnx backend).
+
+        ``precision`` picks the onnx denoiser: ``int8`` weights, ``fp32``, or ``auto`` (int8 when
+        onnxruntime runs on CPU only and the file exists). The torch backend is always float.
+        """
         import torch
 
         from realtime.model import MotionConfig, MotionDenoiser
 
         if backend not in ("auto", "onnx", "torch"):
             raise ValueError(f"backend must be 'auto', 'onnx' or 'torch', got {backend!r}")
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         folder = Path(path)
         if not (folder / CONFIG).is_file() or not (folder / WEIGHTS).is_file():
             raise FileNotFoundError(
@@ -248,7 +267,7 @@ class MotionModel:
             # torch's intra-op thread pool spins: with several threads per call on a shared CPU a
             # 1 ms window takes 100 ms. Sessions run in parallel on the executor instead.
             torch.set_num_threads(1)
-        impl: Any = _OrtBackend(folder) if use_onnx else _TorchBackend(net)
+        impl: Any = _OrtBackend(folder, precision=precision) if use_onnx else _TorchBackend(net)
         return cls(net, impl, folder)
 
     @classmethod

@@ -652,7 +652,8 @@ talking avatar. A few-step flow-matching denoiser over a sliding window of motio
   ({cfg["n_mels"]} bands, 10 ms hop, 25 ms window), then {cfg["n_layers"]} residual 1-D conv blocks
   (hidden {cfg["hidden"]}, kernel {cfg["kernel"]}, FiLM on the flow time), a learned null-audio embedding.
 - Parameters: {tr["parameters"]:,}. Files: `motion.pt` (torch state dict), `audio_encoder.onnx` +
-  `denoiser.onnx` (opset 17), `config.json`, `loss.png`, `loss_history.json`; {size_mb:.1f} MB in all.
+  `denoiser.onnx` (opset 17), `denoiser_int8.onnx` (the same graph with int8 weights, run on CPU),
+  `config.json`, `loss.png`, `loss_history.json`; {size_mb:.1f} MB in all.
 - Lookahead: {cfg["lookahead_ms"]} ms. Streaming chunk: {chunk} frame(s) ({chunk * 40} ms at 25 fps,
   {chunk * 33.3:.0f} ms at 30 fps); `latency_ms` = {chunk * 1000 / 25 + cfg["lookahead_ms"]:.0f} at 25 fps
   ({chunk * 1000 / 30 + cfg["lookahead_ms"]:.1f} at 30 fps).

@@ -28,6 +28,10 @@ def test_bad_values_are_clear_errors(tmp_path: Path) -> None:
         load_config(overrides=["server.nope=1"], env={})
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "missing.toml", env={})
+    with pytest.raises(ConfigError, match="model.precision must be auto, fp32 or int8"):
+        load_config(overrides=["model.precision=fp16"], env={})
+    with pytest.raises(ConfigError, match="model.backend"):
+        load_config(overrides=["model.backend=tpu"], env={})
 
 
 def test_motion_frame_contract() -> None:

@@ -46,7 +46,7 @@ def _in_range(motion: np.ndarray) -> None:
 def test_model_metadata(model: MotionModel) -> None:
     assert 1 <= model.default_steps <= 4  # the issue: a default of 4 steps or fewer
     assert 0 < model.lookahead_ms <= 80
-    assert model.backend_name in ("onnx", "torch")
+    assert model.backend_name in ("onnx-int8", "onnx", "torch")
 
 
 def _counting_rows(model: MotionModel, rows: list[int]) -> MotionModel:

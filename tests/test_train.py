@@ -55,6 +55,7 @@ def test_tiny_training_produces_a_working_model(tmp_path: Path) -> None:
         "motion.pt",
         "audio_encoder.onnx",
         "denoiser.onnx",
+        "denoiser_int8.onnx",
         "loss.png",
         "loss_history.json",
     ):
@@ -78,8 +79,8 @@ def test_tiny_training_produces_a_working_model(tmp_path: Path) -> None:
     assert cli_main([*args, "--init", str(out)]) == 0
     meta2 = json.loads((out2 / "config.json").read_text())
     assert meta2["training"]["init"] == str(out) and meta2["training"]["init_training"]["seed"] == 1
-    for backend in ("torch", "onnx"):
-        model = MotionModel.load(out, backend=backend)
+    for backend, precision in (("torch", "auto"), ("onnx", "fp32"), ("onnx", "int8")):
+        model = MotionModel.load(out, backend=backend, precision=precision)
         motion = generate_motion(model, np.zeros(8000, np.float32), 16000)
         assert motion.shape == (13, 22) and np.isfinite(motion).all()
         stream = MotionStream(model)
