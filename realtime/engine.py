@@ -66,7 +66,8 @@ class Engine:
         bundle = self.avatar("default")
         self.renderer(bundle, self.config.live.resolution)
         self.ready = True
-        log.info("engine warm: %sdefault avatar loaded", "motion model and " if motion else "")
+        loaded = f"motion model ({self.motion_model.backend_name}) and " if motion else ""
+        log.info("engine warm: %sdefault avatar loaded", loaded)
 
     # -- avatars ------------------------------------------------------------
     def avatar(self, name: str) -> AvatarBundle:

@@ -59,6 +59,9 @@ log = logging.getLogger(__name__)
 # reports come every 0.5-1.5 s (aiortc) or ~1 s (Chrome), so 4 s is several missed in a row; with
 # the 0.25 s watchdog tick the peer is freed within 5 s.
 VANISH_TIMEOUT = 4.0
+# A data channel with this label gets pongs but no per-frame motion: a client that only wants the
+# heartbeat (the browser page in OBS / kiosk mode) spares the server 25 SCTP messages a second.
+CONTROL_LABEL = "control"
 # Input stalls longer than this are filled with silence on the wall clock (idle avatar).
 STALL = 0.15
 # How much of the stall the silence leaves unfilled, so resumed speech lands close to now.
@@ -290,7 +293,8 @@ class LiveSession:
             self._spawn(self._drain(track), f"in-{track.kind}")
 
     def add_channel(self, channel: Any) -> None:
-        """A data channel from the client: motion goes out on it, any message is a heartbeat."""
+        """A data channel from the client: motion goes out on it (unless it is labelled ``control``),
+        any message is a heartbeat."""
         self.channels.append(channel)
         self.log.info("data channel %r", channel.label)
 
@@ -522,9 +526,10 @@ class LiveSession:
         if latency is not None:
             self.stats.latencies.append(latency)
             self.metrics.audio_to_mouth_seconds.observe(latency)
-        if self.channels and ready.payload is not None:
+        targets = [ch for ch in self.channels if getattr(ch, "label", "") != CONTROL_LABEL]
+        if targets and ready.payload is not None:
             msg = {**ready.payload, "latency": None if latency is None else round(latency, 4)}
-            for ch in list(self.channels):
+            for ch in targets:
                 self._send(ch, msg)
 
     def _repeat_cause(self, n: int) -> str:

@@ -144,7 +144,8 @@
       };
       // Unordered and never retransmitted: a late motion frame is useless, and on a reliable ordered
       // channel one lost packet held every later frame back for SCTP's retransmission timeout (1-3 s).
-      dc = pc.createDataChannel("motion", { ordered: false, maxRetransmits: 0 });
+      // OBS / kiosk mode shows no overlay: its "control" channel carries the heartbeat, not the motion.
+      dc = pc.createDataChannel(obsMode ? "control" : "motion", { ordered: false, maxRetransmits: 0 });
       dc.onmessage = onMotion;
       dc.onopen = () => {
         pingTimer = setInterval(() => {

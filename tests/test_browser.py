@@ -158,13 +158,17 @@ async def test_browser_client_receives_avatar_video(
                 await page.call("Page.navigate", url=f"{url}/?mode=obs")
                 state = {}
                 deadline = time.monotonic() + 30
-                while time.monotonic() < deadline and state.get("framesDecoded", 0) <= 5:
+                while time.monotonic() < deadline and (
+                    state.get("framesDecoded", 0) <= 5 or state.get("rttMs") is None
+                ):
                     await asyncio.sleep(0.5)
                     with contextlib.suppress(RuntimeError):
                         state = json.loads(
                             await page.evaluate("JSON.stringify(window.avatarState || {})") or "{}"
                         )
                 assert state.get("state") == "connected" and state["framesDecoded"] > 5, state
+                # its "control" channel answers pings (the heartbeat) but carries no per-frame motion
+                assert state["rttMs"] is not None and state["motionFrames"] == 0, state
                 ui = await page.evaluate(
                     "[document.body.className, getComputedStyle(document.getElementById('panel')).display,"
                     " getComputedStyle(document.getElementById('overlay')).display]"

@@ -419,6 +419,31 @@ async def test_vanished_peer_is_dropped_within_seconds(engine, test_config: Conf
         await server.close()
 
 
+async def test_control_channel_gets_pongs_but_no_motion(engine, test_config: Config, speech_16k) -> None:
+    """A channel labelled "control" (the browser page in OBS mode) is a heartbeat only; a "motion"
+    channel opened beside it on another peer still gets every frame."""
+    app = create_app(test_config, engine=engine)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    url = str(server.make_url("")).rstrip("/")
+    control = AvatarClient(url, speech_16k, 16000, data_channel="control", heartbeat=0.3, keep_video=False)
+    motion = AvatarClient(url, speech_16k, 16000, data_channel="motion", heartbeat=0.3, keep_video=False)
+    try:
+        await control.connect()
+        await motion.connect()
+        await control.wait_frames(40)
+        await motion.wait_frames(40)
+        kinds = {msg.get("type", "frame") for _, msg in control.motion}
+        assert kinds == {"pong"}, kinds
+        assert sum(1 for _, msg in motion.motion if "channels" in msg) > 20
+        async with aiohttp.ClientSession() as http, http.get(f"{url}/sessions/{control.session_id}") as r:
+            assert (await r.json())["data_channels"] == ["control"]
+    finally:
+        await control.close()
+        await motion.close()
+        await server.close()
+
+
 async def test_input_ends_avatar_stays_alive_then_idle_timeout(
     engine, test_config: Config, speech_16k
 ) -> None:

@@ -295,6 +295,53 @@ def blink_report(
     return lines
 
 
+def precision_report(model_dir: Path, passes: int = 6) -> list[str]:
+    """The int8 and the float denoiser interleaved in one process: CPU per streamed frame and per call."""
+    from realtime.generator import MotionControls, MotionModel, MotionStream, stream_motion
+    from realtime.targets import mouth_aperture
+
+    speech = _speech()
+    models = {p: MotionModel.load(model_dir, backend="onnx", precision=p) for p in ("fp32", "int8")}
+    per_frame: dict[str, list[float]] = {p: [] for p in models}
+    for _ in range(passes):
+        for p, m in models.items():
+            stream = MotionStream(m, controls=MotionControls(inference_steps=m.default_steps).validated())
+            c, frames = time.thread_time(), 0
+            for i in range(0, speech.size, 320):  # 20 ms pushes, as a live session's packets
+                frames += len(stream.push(speech[i : i + 320]))
+            per_frame[p].append((time.thread_time() - c) / frames * 1e3)
+    rng = np.random.default_rng(0)
+    cfg = models["fp32"].config
+    calls: dict[str, dict[str, float]] = {p: {} for p in models}
+    for b, t in ((1, 9), (2, 9), (1, 40)):
+        x = rng.standard_normal((b, t, cfg.n_channels)).astype(np.float32)
+        args = (x, np.full(b, 0.5, np.float32), x, np.ones((b, t, 1), np.float32))
+        audio = rng.standard_normal((b, t, cfg.hidden)).astype(np.float32)
+        times: dict[str, list[float]] = {p: [] for p in models}
+        for _ in range(passes):
+            for p, m in models.items():
+                c = time.thread_time()
+                for _ in range(100):
+                    m.backend.velocity(*args, audio)
+                times[p].append((time.thread_time() - c) / 100 * 1e6)
+        for p in models:
+            calls[p][f"batch {b}, {t} frames"] = float(np.median(times[p]))
+    a, q = (mouth_aperture(stream_motion(m, speech, 16000)) for m in models.values())
+    f32, i8 = (float(np.median(per_frame[p])) for p in ("fp32", "int8"))
+    lines = [
+        f"### int8 against float denoiser weights ({passes} interleaved passes, thread CPU, medians)",
+        "",
+        "| | fp32 | int8 | ratio |",
+        "| --- | ---: | ---: | ---: |",
+        f"| streamed frame, {models['fp32'].default_steps} steps, 20 ms pushes (ms) | {f32:.2f} | {i8:.2f} | {i8 / f32:.2f} |",
+    ]
+    for k in calls["fp32"]:
+        f, i = calls["fp32"][k], calls["int8"][k]
+        lines.append(f"| denoiser call, {k} (µs) | {f:.0f} | {i:.0f} | {i / f:.2f} |")
+    lines += ["", f"Streamed mouth aperture, int8 against float: r {np.corrcoef(a, q)[0, 1]:.4f}.", ""]
+    return lines
+
+
 def run(model_dir: Path, minutes: float, backends: list[str], repeats: int) -> str:
     """All measurements -> markdown."""
     import torch
@@ -399,7 +446,17 @@ def cli_main(argv: list[str]) -> int:
     p.add_argument(
         "--steps", type=int, default=None, help="sampler steps for --blinks (default: the model's)"
     )
+    p.add_argument(
+        "--precision",
+        action="store_true",
+        help="only the int8-against-float denoiser comparison (onnx), to stdout",
+    )
     args = p.parse_args(argv)
+    if args.precision:
+        stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+        print(f"Command: `avatar bench motion --precision` ({stamp})\n")
+        print("\n".join(precision_report(Path(args.model))))
+        return 0
     if args.blinks:
         import torch
 
