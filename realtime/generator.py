@@ -189,16 +189,18 @@ class _OrtBackend:
         if providers is None:
             providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
         self.providers = providers
+        self.audio = ort.InferenceSession(str(folder / ONNX_AUDIO), opts, providers=providers)
         if precision == "auto":
-            # int8 matmuls pay on CPU; CUDA has no fast kernels for the dynamically quantized graph
-            on_cpu = providers == ["CPUExecutionProvider"]
+            # int8 matmuls pay on CPU; CUDA has no fast kernels for the dynamically quantized graph.
+            # The providers the session really got: onnxruntime-gpu on a host without a usable GPU
+            # lists CUDA as available but runs on CPU.
+            on_cpu = self.audio.get_providers() == ["CPUExecutionProvider"]
             precision = "int8" if on_cpu and (folder / ONNX_DENOISER_INT8).is_file() else "fp32"
         self.precision = precision
         self.name = "onnx-int8" if precision == "int8" else "onnx"
         denoiser = folder / (ONNX_DENOISER_INT8 if precision == "int8" else ONNX_DENOISER)
         if not denoiser.is_file():
             raise FileNotFoundError(f"precision={precision!r} but {folder} has no {denoiser.name}")
-        self.audio = ort.InferenceSession(str(folder / ONNX_AUDIO), opts, providers=providers)
         self.denoiser = ort.InferenceSession(str(denoiser), opts, providers=providers)
 
     def encode_audio(self, windows: np.ndarray) -> np.ndarray:

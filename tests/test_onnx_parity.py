@@ -84,10 +84,8 @@ def test_int8_denoiser_moves_the_mouth_as_the_float_one(speech_16k: np.ndarray) 
 
 
 def test_cpu_hosts_run_the_int8_denoiser_and_gpus_the_float_one() -> None:
-    import onnxruntime as ort
-
     model = MotionModel.load(MODEL_DIR, backend="onnx")
-    on_gpu = "CUDAExecutionProvider" in ort.get_available_providers()
+    on_gpu = "CUDAExecutionProvider" in model.backend.audio.get_providers()
     assert model.backend_name == ("onnx" if on_gpu else "onnx-int8")
     assert MotionModel.load(MODEL_DIR, backend="onnx", precision="fp32").backend_name == "onnx"
 
