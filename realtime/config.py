@@ -49,6 +49,8 @@ class LiveConfig:
     align_mouth: float = 0.0
     # Playout delay beyond the model's lookahead: audio arrival jitter + compute time (ms).
     latency_margin_ms: float = 50.0
+    # Cap on the VP8 bitrate the peer's bandwidth estimate may raise the encoder to (0: aiortc's 1500).
+    max_video_kbps: int = 0
 
 
 @dataclass(frozen=True)
@@ -184,6 +186,10 @@ def load_config(
     # refused here, at start, rather than when the first session or job loads the model
     if cfg.model.backend not in ("auto", "onnx", "torch"):
         raise ConfigError(f"model.backend must be auto, onnx or torch, got {cfg.model.backend!r}")
+    if cfg.live.max_video_kbps and not 250 <= cfg.live.max_video_kbps <= 1500:
+        raise ConfigError(
+            f"live.max_video_kbps must be 0 (no cap) or 250..1500, got {cfg.live.max_video_kbps}"
+        )
     if cfg.model.precision not in ("auto", "fp32", "int8"):
         raise ConfigError(f"model.precision must be auto, fp32 or int8, got {cfg.model.precision!r}")
     return cfg

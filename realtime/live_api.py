@@ -159,7 +159,7 @@ async def offer(request: web.Request) -> web.Response:
             await pc.setLocalDescription(answer)
         except Exception as exc:
             return _error(400, f"cannot answer this SDP offer: {exc or type(exc).__name__}")
-        if "video" in kinds and not use_avatar_encoder(pc):
+        if "video" in kinds and not use_avatar_encoder(pc, config.live.max_video_kbps):
             slog.info("video codec is not VP8: aiortc's own encoder settings apply")
         if not use_opus_packets(pc, session.audio):
             slog.info("audio codec is not Opus: aiortc encodes the returned voice")

@@ -380,6 +380,11 @@ def _schemas() -> dict[str, Any]:
                     "additionalProperties": {"type": "number"},
                 },
                 "video_encoder": {"type": "string", "nullable": True},
+                "video_target_kbps": {
+                    "type": "integer",
+                    "nullable": True,
+                    "description": "the VP8 target bitrate: the peer's estimate, capped by live.max_video_kbps",
+                },
                 "audio_encoder": {"type": "string", "enum": ["opus-mono", "aiortc"]},
                 "worker": {"type": "integer", "description": "the live worker process (server.workers > 0)"},
             },

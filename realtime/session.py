@@ -695,16 +695,25 @@ class LiveSession:
             "data_channels": [getattr(c, "label", "") for c in self.channels],
             "channels": list(CHANNELS),
             "video_encoder": self._video_encoder(),
+            # where the peer's bandwidth estimate (capped by live.max_video_kbps) has set the encoder
+            "video_target_kbps": self._video_target_kbps(),
             "audio_encoder": self.audio.encoder,
         }
 
-    def _video_encoder(self) -> str | None:
-        """Class name of the video sender's encoder (None before the first frame or without video)."""
+    def _video_sender_encoder(self) -> Any:
+        """The video sender's encoder (None before the first frame or without video)."""
         for t in self.pc.getTransceivers():
             if t.kind == "video" and t.sender is not None:
-                encoder = getattr(t.sender, "_RTCRtpSender__encoder", None)
-                return None if encoder is None else type(encoder).__name__
+                return getattr(t.sender, "_RTCRtpSender__encoder", None)
         return None
+
+    def _video_encoder(self) -> str | None:
+        encoder = self._video_sender_encoder()
+        return None if encoder is None else type(encoder).__name__
+
+    def _video_target_kbps(self) -> int | None:
+        bitrate = getattr(self._video_sender_encoder(), "target_bitrate", None)
+        return None if bitrate is None else round(bitrate / 1000)
 
 
 def _percentiles_ms(seconds: deque, qs: tuple[int, ...]) -> dict[str, float] | None:

@@ -358,6 +358,21 @@ class AvatarVp8Encoder(Vp8Encoder):
 
     OPTIONS = {"noise-sensitivity": "0", "cpu-used": "-12", "static-thresh": "500"}
 
+    def __init__(self, max_bitrate: int = 0) -> None:
+        self.max_bitrate = max_bitrate  # bits/s; 0 = aiortc's own maximum
+        super().__init__()
+        self.target_bitrate = Vp8Encoder.target_bitrate.fget(self)  # apply the cap to the default
+
+    @property
+    def target_bitrate(self) -> int:
+        return Vp8Encoder.target_bitrate.fget(self)
+
+    @target_bitrate.setter
+    def target_bitrate(self, bitrate: int) -> None:
+        # aiortc sets this from every REMB the peer sends; the cap holds against all of them
+        capped = min(bitrate, self.max_bitrate) if self.max_bitrate > 0 else bitrate
+        Vp8Encoder.target_bitrate.fset(self, capped)
+
     def encode(self, frame: Frame, force_keyframe: bool = False) -> tuple[list[bytes], int]:
         assert isinstance(frame, VideoFrame)
         codec = self.codec
@@ -408,8 +423,9 @@ def use_opus_packets(pc: Any, track: AvatarAudioTrack) -> bool:
     return False
 
 
-def use_avatar_encoder(pc: Any) -> bool:
-    """Give the VP8 video sender of ``pc`` an :class:`AvatarVp8Encoder` (after negotiation).
+def use_avatar_encoder(pc: Any, max_kbps: int = 0) -> bool:
+    """Give the VP8 video sender of ``pc`` an :class:`AvatarVp8Encoder` (after negotiation),
+    its bitrate capped at ``max_kbps`` (0: no cap).
 
     aiortc creates its encoder lazily, only if none is set; this sets ours first. Returns
     False (aiortc's own encoder stays) for another codec or an aiortc without the attribute.
@@ -421,6 +437,6 @@ def use_avatar_encoder(pc: Any) -> bool:
             return False
         if not hasattr(t.sender, "_RTCRtpSender__encoder"):
             return False
-        t.sender._RTCRtpSender__encoder = AvatarVp8Encoder()
+        t.sender._RTCRtpSender__encoder = AvatarVp8Encoder(max_bitrate=1000 * max_kbps)
         return True
     return False

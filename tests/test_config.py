@@ -30,6 +30,8 @@ def test_bad_values_are_clear_errors(tmp_path: Path) -> None:
         load_config(tmp_path / "missing.toml", env={})
     with pytest.raises(ConfigError, match="model.precision must be auto, fp32 or int8"):
         load_config(overrides=["model.precision=fp16"], env={})
+    with pytest.raises(ConfigError, match="live.max_video_kbps must be 0"):
+        load_config(overrides=["live.max_video_kbps=100"], env={})
     with pytest.raises(ConfigError, match="model.backend"):
         load_config(overrides=["model.backend=tpu"], env={})
 

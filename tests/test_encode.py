@@ -42,3 +42,13 @@ def test_bench_encode_cli(tmp_path, capsys) -> None:
     assert "| 500 kb/s | aiortc |" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         cli_main(["encode", "--bitrates", "fast"])
+
+
+def test_bitrate_cap_holds_against_the_peers_estimate() -> None:
+    """live.max_video_kbps: every REMB the peer sends sets target_bitrate; the cap must win."""
+    capped, free = AvatarVp8Encoder(max_bitrate=400_000), AvatarVp8Encoder()
+    assert capped.target_bitrate <= 400_000
+    for bitrate in (300_000, 1_500_000, 900_000):  # what aiortc assigns from REMB packets
+        capped.target_bitrate = free.target_bitrate = bitrate
+        assert capped.target_bitrate == min(bitrate, 400_000)
+        assert free.target_bitrate == bitrate

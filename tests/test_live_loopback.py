@@ -151,6 +151,7 @@ def returned_delay(rec: Recording) -> tuple[int, float]:
 def test_session_reports_and_closes_when_the_peer_leaves(rec: Recording) -> None:
     assert rec.info["connection"] == "connected" and rec.info["state"] == "connected"
     assert rec.info["video_encoder"] == "AvatarVp8Encoder"  # our libvpx settings, not aiortc's
+    assert 250 <= rec.info["video_target_kbps"] <= 1500  # from the peer's REMB
     assert rec.info["audio_encoder"] == "opus-mono"  # the voice is encoded by our track, mono
     # every repeat has a cause; frames are ready before their send time, not after it
     assert sum(rec.info["frames_dropped_by_cause"].values()) == rec.info["frames_dropped"]
@@ -441,6 +442,25 @@ async def test_control_channel_gets_pongs_but_no_motion(engine, test_config: Con
     finally:
         await control.close()
         await motion.close()
+        await server.close()
+
+
+async def test_video_bitrate_cap(engine, test_config: Config, speech_16k) -> None:
+    """live.max_video_kbps bounds what the peer's REMB may raise the encoder to (a loopback peer's
+    estimate passes 500 kb/s within seconds), and the stream stays decodable."""
+    live = dataclasses.replace(test_config.live, max_video_kbps=260)
+    app = create_app(dataclasses.replace(test_config, live=live), engine=engine)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    url = str(server.make_url("")).rstrip("/")
+    client = AvatarClient(url, speech_16k, 16000, data_channel=None, keep_video=False)
+    try:
+        await client.connect()
+        await client.wait_frames(100)  # 4 s: REMB packets have come in by now
+        status, info = await session_info(url, client.session_id)
+        assert status == 200 and 250 <= info["video_target_kbps"] <= 260, info["video_target_kbps"]
+    finally:
+        await client.close()
         await server.close()
 
 
