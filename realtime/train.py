@@ -66,6 +66,9 @@ SILENCE_P = 0.06
 MOUTH_WEIGHT = 2.0
 CTX_NOISE = 0.3  # max std (normalised units) of the noise added to context frames, half of the batches
 CLOSURE_WEIGHT = 2.0  # extra loss weight (x MOUTH_WEIGHT) on the mouth channels of frames inside p/b/m
+# Share of streaming-shaped batches (1-2 new frames after a context of 4+) whose context mouth is a
+# rollout of the model itself, made as a stream makes it (--rollout; 0 in the first two stages).
+ROLLOUT_P = 0.0
 BILABIALS = frozenset(CLASSES["bilabial"])
 
 
@@ -274,6 +277,43 @@ class Batcher:
         return motion, windows, null, closure
 
 
+def rollout_context(model, x1, audio, null_audio, c: int, temperature: float, guidance: float):
+    """``x1`` (B, W, C, normalised) with the mouth of its first ``c`` frames replaced by the model's own.
+
+    Frame by frame, as a live stream makes them: each frame's mouth is the first sampler call's clean
+    estimate (``x0 + v(x0, 0)``, mouth noise scaled by ``temperature``, guidance ``guidance`` against the
+    null-audio branch), given the frames before it, whose mouths are already the model's. Clipped to
+    the contract's 0..1 like a stream's output. Trained on GT context only, a stream fed back its own
+    hedged, half-rounded mouth during a closure and let it grow (puckering after /p/, docs/bench/eval.md).
+    """
+    import torch
+
+    nm = len(MOUTH_CHANNELS)
+    b, _, ch = x1.shape
+    k = model.config.context_frames
+    lo_m = (0.0 - model.motion_mean[:nm]) / model.motion_std[:nm]
+    hi_m = (1.0 - model.motion_mean[:nm]) / model.motion_std[:nm]
+    est = x1.clone()
+    with torch.no_grad():
+        for i in range(c):
+            lo = max(0, i - k)
+            w = i + 1 - lo
+            z = torch.randn(b, 1, ch)
+            z[..., :nm] *= temperature
+            x = torch.cat([torch.zeros(b, w - 1, ch), z], dim=1)
+            ctx = torch.cat([est[:, lo:i], torch.zeros(b, 1, ch)], dim=1)
+            mask = torch.zeros(b, w, 1)
+            mask[:, : w - 1] = 1.0
+            t0 = torch.zeros(b)
+            a = audio[:, lo : i + 1]
+            v = model(x, t0, ctx, mask, a)[:, -1, :nm]
+            if abs(guidance - 1.0) > 1e-6:
+                vn = model(x, t0, ctx, mask, null_audio.expand_as(a))[:, -1, :nm]
+                v = vn + guidance * (v - vn)
+            est[:, i, :nm] = torch.maximum(torch.minimum(z[:, 0, :nm] + v, hi_m), lo_m)
+    return est
+
+
 def compute_stats(clips: list[Clip]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Feature mean/std per mel band and motion mean/std per channel over the training clips."""
     feats = np.concatenate([c.feats[0] for c in clips])
@@ -299,6 +339,7 @@ def train(
     workers: int = 2,
     progress: bool = True,
     config_overrides: dict | None = None,
+    rollout: float = ROLLOUT_P,
 ) -> dict:
     """Train, save ``config.json``, ``motion.pt``, ONNX files and ``loss.png`` into ``out``."""
     import torch
@@ -342,6 +383,9 @@ def train(
         init_cfg = MotionConfig.from_dict(json.loads((Path(init) / CONFIG).read_text())["config"])
         if init_cfg.architecture() != cfg.architecture():  # sampler settings may differ (defaults change)
             raise ValueError(f"{init}: its model architecture differs from this run's; cannot start from it")
+        # the sampler settings chosen for the starting weights carry over: a rollout samples with them
+        cfg = MotionConfig.from_dict({**init_cfg.to_dict(), **(config_overrides or {})})
+        net.config = cfg
         net.load_state_dict(torch.load(Path(init) / WEIGHTS, map_location="cpu", weights_only=True))
     else:
         fm, fs, mm, ms = compute_stats(clips)
@@ -380,6 +424,7 @@ def train(
         t: torch.Tensor,
         noise: torch.Tensor,
         ctx_noise: bool = False,
+        roll: bool = False,
     ) -> torch.Tensor:
         x1 = model.normalize(torch.from_numpy(motion))
         audio = model.encode_audio(torch.from_numpy(windows))
@@ -389,9 +434,19 @@ def train(
         mask[:, :c] = 1.0
         xt, v = interpolate(noise, x1, t)
         ctx = x1
+        if roll:  # the context mouth a stream would have fed back (its own), not the targets'
+            ctx = rollout_context(
+                model,
+                x1,
+                audio.detach(),
+                model.null_audio.detach(),
+                c,
+                cfg.mouth_temperature,
+                cfg.stream_guidance_scale,
+            )
         if ctx_noise:  # context frames come from the model when streaming: make it robust to their errors
             sigma = CTX_NOISE * torch.rand(x1.shape[0], 1, 1) * (torch.rand(x1.shape[0], 1, 1) < 0.5)
-            ctx = x1 + sigma * torch.randn_like(x1) * mask
+            ctx = ctx + sigma * torch.randn_like(x1) * mask
         pred = model(xt, t, ctx, mask, audio)
         w = weights + torch.from_numpy(closure)[:, :, None] * mouth  # (B, W, C)
         err = ((pred - v) ** 2 * w)[:, c:]
@@ -419,7 +474,8 @@ def train(
         t = torch.rand(batch_size)
         noise = torch.randn(motion.shape)
         net.train()
-        loss = loss_of(net, motion, windows, null, closure, c, t, noise, ctx_noise=True)
+        roll = n <= 2 and c >= 4 and rng.random() < rollout
+        loss = loss_of(net, motion, windows, null, closure, c, t, noise, ctx_noise=True, roll=roll)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
@@ -464,6 +520,7 @@ def train(
             "step_cap": max_steps,
             "stopped_early": stopped_early,
             "closure_weight": closure_weight,
+            "rollout": rollout,
             "init": str(init) if init is not None else None,
             "init_training": (
                 json.loads((Path(init) / "config.json").read_text()).get("training")
@@ -586,6 +643,12 @@ def cli_main(argv: list[str]) -> int:
         default=CLOSURE_WEIGHT,
         help="extra loss weight on mouth channels inside p/b/m segments (0 = none)",
     )
+    p.add_argument(
+        "--rollout",
+        type=float,
+        default=ROLLOUT_P,
+        help="share of streaming-shaped batches whose context mouth is the model's own rollout",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=48)
     p.add_argument("--lr", type=float, default=2e-3)
@@ -608,6 +671,7 @@ def cli_main(argv: list[str]) -> int:
             workers=args.workers,
             closure_weight=args.closure_weight,
             init=Path(args.init) if args.init else None,
+            rollout=args.rollout,
         )
     except (FileNotFoundError, ValueError) as exc:
         print(f"avatar train: {exc}")

@@ -76,9 +76,12 @@ def test_tiny_training_produces_a_working_model(tmp_path: Path) -> None:
     (out / "config.json").write_text(json.dumps(old))
     out2 = tmp_path / "model2"
     args = ["--corpus", str(corpus), "--out", str(out2), "--tiny", "--seed", "2", "--workers", "1"]
-    assert cli_main([*args, "--init", str(out)]) == 0
+    # the fine-tune also trains on rollout contexts (the model's own streamed mouth as context)
+    assert cli_main([*args, "--init", str(out), "--rollout", "1"]) == 0
     meta2 = json.loads((out2 / "config.json").read_text())
     assert meta2["training"]["init"] == str(out) and meta2["training"]["init_training"]["seed"] == 1
+    assert meta2["training"]["rollout"] == 1.0
+    assert meta2["config"]["default_steps"] == 4  # the starting weights' sampler settings carry over
     for backend, precision in (("torch", "auto"), ("onnx", "fp32"), ("onnx", "int8")):
         model = MotionModel.load(out, backend=backend, precision=precision)
         motion = generate_motion(model, np.zeros(8000, np.float32), 16000)
@@ -99,3 +102,26 @@ def test_closure_frames_mark_bilabial_segments() -> None:
 
     phones = [["sil", 0.0, 0.1], ["m", 0.1, 0.2], ["aa", 0.2, 0.4], ["p", 0.4, 0.44], ["sil", 0.44, 0.6]]
     assert np.flatnonzero(closure_frames(phones, 15, 25)).tolist() == [3, 4, 10]  # t = 0.12, 0.16, 0.40 s
+
+
+def test_rollout_context_replaces_only_the_context_mouth() -> None:
+    """The rollout writes the model's own streamed mouth (within 0..1) into the context frames only."""
+    import torch
+
+    from realtime.model import MotionConfig, MotionDenoiser
+    from realtime.motion import MOUTH_CHANNELS
+    from realtime.train import rollout_context
+
+    torch.manual_seed(0)
+    cfg = MotionConfig(hidden=32, audio_hidden=64, n_layers=2)
+    net = MotionDenoiser(cfg).eval()
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    x1, audio = torch.randn(4, 11, cfg.n_channels), torch.randn(4, 11, cfg.hidden)
+    est = rollout_context(net, x1, audio, net.null_audio.detach(), 9, 0.3, 1.2)
+    nm = len(MOUTH_CHANNELS)
+    assert torch.equal(est[:, 9:], x1[:, 9:]) and torch.equal(est[..., nm:], x1[..., nm:])
+    assert (est[:, :9, :nm] - x1[:, :9, :nm]).abs().min() > 0
+    mouth = net.denormalize(est)[:, :9, :nm]
+    assert mouth.min() >= -1e-5 and mouth.max() <= 1 + 1e-5
