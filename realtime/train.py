@@ -22,6 +22,10 @@ Objective
     Context frames get Gaussian noise (std up to 0.3 normalised units) in half of the windows:
     when streaming, the context is the model's own output, and a model trained only on clean
     context drifts (exposure bias; measured: head pose ran away in 1-frame streaming without it).
+    ``--rollout P`` (0 for the shipped weights): in that share of streaming-shaped windows the
+    context mouth is the model's own, made frame by frame as a stream makes it
+    (:func:`rollout_context`). A fine-tune with it fixed streamed lip rounding but shrank streamed
+    head motion to a quarter (docs/bench/eval.md), so it is an experiment, not part of the recipe.
     AdamW, warm-up then cosine decay over the step cap, EMA of the weights (the EMA weights are
     shipped). The step cap is the only rule that ends a normal run, so the weights do not depend on
     the machine's speed; ``minutes`` is a safety limit: a run that hits it first stops, saves what it
@@ -67,7 +71,7 @@ MOUTH_WEIGHT = 2.0
 CTX_NOISE = 0.3  # max std (normalised units) of the noise added to context frames, half of the batches
 CLOSURE_WEIGHT = 2.0  # extra loss weight (x MOUTH_WEIGHT) on the mouth channels of frames inside p/b/m
 # Share of streaming-shaped batches (1-2 new frames after a context of 4+) whose context mouth is a
-# rollout of the model itself, made as a stream makes it (--rollout; 0 in the first two stages).
+# rollout of the model itself, made as a stream makes it (--rollout; 0 for the shipped weights).
 ROLLOUT_P = 0.0
 BILABIALS = frozenset(CLASSES["bilabial"])
 
