@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+MODEL_BACKENDS = ("auto", "onnx", "torch")
+MODEL_PRECISIONS = ("auto", "fp32", "int8")  # of the onnx denoiser (realtime.generator)
 
 
 @dataclass(frozen=True)
@@ -184,13 +186,13 @@ def load_config(
     cfg = dataclasses.replace(cfg, **changes)
     proxy_networks(cfg.server.trusted_proxies)  # refuse a bad entry at start, not per request
     # refused here, at start, rather than when the first session or job loads the model
-    if cfg.model.backend not in ("auto", "onnx", "torch"):
+    if cfg.model.backend not in MODEL_BACKENDS:
         raise ConfigError(f"model.backend must be auto, onnx or torch, got {cfg.model.backend!r}")
     if cfg.live.max_video_kbps and not 250 <= cfg.live.max_video_kbps <= 1500:
         raise ConfigError(
             f"live.max_video_kbps must be 0 (no cap) or 250..1500, got {cfg.live.max_video_kbps}"
         )
-    if cfg.model.precision not in ("auto", "fp32", "int8"):
+    if cfg.model.precision not in MODEL_PRECISIONS:
         raise ConfigError(f"model.precision must be auto, fp32 or int8, got {cfg.model.precision!r}")
     return cfg
 

@@ -51,6 +51,7 @@ from typing import Any
 
 import numpy as np
 
+from realtime.config import MODEL_BACKENDS, MODEL_PRECISIONS
 from realtime.features import (
     HOP,
     N_MELS,
@@ -100,7 +101,6 @@ ONNX_DENOISER = "denoiser.onnx"
 # The denoiser with int8 weights (realtime.export.quantize_denoiser): about half the CPU time a call,
 # lip sync equal on the held-out test split (docs/bench/eval.md). CPU only; GPUs run the float graph.
 ONNX_DENOISER_INT8 = "denoiser_int8.onnx"
-PRECISIONS = ("auto", "fp32", "int8")
 WEIGHTS = "motion.pt"
 CONFIG = "config.json"
 
@@ -248,10 +248,10 @@ class MotionModel:
 
         from realtime.model import MotionConfig, MotionDenoiser
 
-        if backend not in ("auto", "onnx", "torch"):
+        if backend not in MODEL_BACKENDS:
             raise ValueError(f"backend must be 'auto', 'onnx' or 'torch', got {backend!r}")
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        if precision not in MODEL_PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(MODEL_PRECISIONS)}, got {precision!r}")
         folder = Path(path)
         if not (folder / CONFIG).is_file() or not (folder / WEIGHTS).is_file():
             raise FileNotFoundError(
