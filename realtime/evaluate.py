@@ -31,12 +31,12 @@ import sys
 import time
 import wave
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from realtime.motion import N_CHANNELS
+from realtime.motion import MOUTH_CHANNELS, N_CHANNELS
 from realtime.phones import CLASSES, VOWELS
 from realtime.targets import mouth_aperture, mouth_targets, normalize
 
@@ -325,6 +325,9 @@ class _Collected:
     labels: list[np.ndarray]
     phones: list[list[list[object]]]
     sources: list[str]
+    # the model's 14 mouth channels and their targets, per utterance (the aperture leaves out rounding)
+    mouth: list[np.ndarray] = field(default_factory=list)
+    mouth_targets: list[np.ndarray] = field(default_factory=list)
 
     def subset(self, source: str) -> _Collected:
         keep = [i for i, s in enumerate(self.sources) if s == source]
@@ -371,6 +374,21 @@ def score(
     }
 
 
+ROUNDING = ("mouthFunnel", "mouthPucker")
+
+
+def channel_scores(mouth: Sequence[np.ndarray], targets: Sequence[np.ndarray]) -> dict[str, object]:
+    """Pearson r of each mouth channel against its target over all frames, their mean, and the
+    rounding channels' mean (lip rounding, which the aperture does not see)."""
+    pred, tg = np.concatenate(list(mouth)), np.concatenate(list(targets))
+    r = {name: pearson(pred[:, i], tg[:, i]) for i, name in enumerate(MOUTH_CHANNELS)}
+    return {
+        "channel_r": {k: round(v, 4) for k, v in r.items()},
+        "mouth_r_mean": float(np.nanmean(list(r.values()))),
+        "rounding_r": float(np.nanmean([r[k] for k in ROUNDING])),
+    }
+
+
 def _load_generator(model_dir: Path, backend: str) -> tuple[object, object, object]:
     try:
         from realtime.generator import MotionControls, MotionModel, generate_motion
@@ -401,7 +419,8 @@ def _predict_all(
     for i, utt in enumerate(utts):
         pcm, rate = read_audio(utt.wav)
         n = int(math.ceil(len(pcm) / rate * fps))
-        target = mouth_aperture(mouth_targets(utt.phones, n, fps))
+        full_target = mouth_targets(utt.phones, n, fps)
+        target = mouth_aperture(full_target)
         labels = frame_labels(utt.phones, n, fps)
         systems = {"oracle": target, "baseline": loudness_aperture(pcm, rate, n, fps)}
         if model is not None:
@@ -415,6 +434,9 @@ def _predict_all(
             pred = mouth_aperture(motion)
             pred = np.pad(pred[:n], (0, max(0, n - len(pred))), mode="edge") if len(pred) else np.zeros(n)
             systems["model"] = pred
+            nm = len(MOUTH_CHANNELS)
+            mouth = motion[:n, :nm] if len(motion) else np.zeros((n, nm), np.float32)
+            mouth = np.pad(mouth, ((0, n - len(mouth)), (0, 0)), mode="edge")
         group = "real" if utt.real else "tts"
         for name, pred in systems.items():
             col = out.setdefault(group, {}).setdefault(name, _Collected([], [], [], [], []))
@@ -423,6 +445,9 @@ def _predict_all(
             col.labels.append(labels)
             col.phones.append(utt.phones)
             col.sources.append(utt.source)
+            if name == "model":
+                col.mouth.append(mouth)
+                col.mouth_targets.append(full_target[:, : len(MOUTH_CHANNELS)])
         if (i + 1) % 25 == 0 or i + 1 == len(utts):
             print(
                 f"  {label}: {i + 1}/{len(utts)} utterances, {time.perf_counter() - t0:.0f} s",
@@ -532,6 +557,8 @@ def evaluate(
             groups.setdefault(group, {})[system] = score(
                 col.preds, col.targets, col.labels, col.phones, fps, thr
             )
+            if col.mouth:
+                groups[group][system].update(channel_scores(col.mouth, col.mouth_targets))
             if system == "oracle":
                 continue
             for source in sorted(set(col.sources)):
@@ -574,6 +601,10 @@ def format_table(report: dict) -> str:
                 f"{group:<6} {system:<9} {m['utterances']:>5} {m['balanced_accuracy']:>8.3f} {m['auc']:>6.3f}"
                 f" {m['closure_hits']:>8.3f} {m['lag_ms']:>7.1f} {m['pearson']:>6.3f}"
             )
+    rows = [(g, s["model"]) for g, s in report["groups"].items() if "mouth_r_mean" in s.get("model", {})]
+    if rows:
+        lines.append("model, r of the 14 mouth channels against their targets (mean / lip rounding):")
+        lines += [f"  {g}: {m['mouth_r_mean']:.3f} / {m['rounding_r']:.3f}" for g, m in rows]
     return "\n".join(lines)
 
 

@@ -23,6 +23,7 @@ from realtime.evaluate import (
     roc_auc,
     score,
 )
+from realtime.motion import MOUTH_CHANNELS
 from realtime.targets import mouth_aperture, mouth_targets
 
 SENTENCE = [
@@ -275,4 +276,22 @@ def test_evaluate_runs_a_real_model(tmp_path: Path, stream: bool) -> None:
         assert 0.0 <= m["auc"] <= 1.0 and np.isfinite(m["lag_ms"])
         n = len(signals[group]["oracle"].preds[0])
         assert len(signals[group]["model"].preds[0]) == n
+        # every mouth channel is scored, the rounding ones too (the aperture leaves them out)
+        assert set(m["channel_r"]) == set(MOUTH_CHANNELS) and "rounding_r" in m
+        assert signals[group]["model"].mouth[0].shape == (n, len(MOUTH_CHANNELS))
+        assert "channel_r" not in report["groups"][group]["baseline"]
     assert "model" in report["thresholds"]
+
+
+def test_channel_scores() -> None:
+    from realtime.evaluate import channel_scores
+
+    rng = np.random.default_rng(0)
+    target = rng.random((200, len(MOUTH_CHANNELS)))
+    wrong = target.copy()
+    funnel, pucker = MOUTH_CHANNELS.index("mouthFunnel"), MOUTH_CHANNELS.index("mouthPucker")
+    wrong[:, [funnel, pucker]] = rng.random((200, 2))  # rounding at the wrong places
+    assert channel_scores([target[:120], target[120:]], [target[:120], target[120:]])["rounding_r"] > 0.999
+    got = channel_scores([wrong], [target])
+    assert abs(got["rounding_r"]) < 0.2 and got["channel_r"]["jawOpen"] > 0.999
+    assert got["mouth_r_mean"] < 0.9
