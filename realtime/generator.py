@@ -76,7 +76,7 @@ from realtime.motion import (
     neutral,
 )
 from realtime.sampling import MAX_STEPS, linear_ts, sample_euler
-from realtime.targets import BlinkTrack
+from realtime.targets import BlinkTrack, HeadTrack
 
 MOUTH = np.arange(len(MOUTH_CHANNELS))
 POSE = np.array([CHANNEL_INDEX[c] for c in POSE_CHANNELS])
@@ -389,6 +389,7 @@ class _Core:
         self.anchor = np.zeros(len(POSE))
         self.anchor_alpha = 1.0 - math.exp(-1.0 / (fps * ANCHOR_S))
         self.blinks = BlinkTrack(seed, fps) if model.config.blink_process else None
+        self.head = HeadTrack(seed, fps) if model.config.head_process else None
         self.quiet = 10**9  # frames since the last speech frame: the stream starts in silence
         self.rest_after = MOUTH_REST_AFTER_S * fps
         self.release = 1.0 / (MOUTH_RELEASE_S * fps)
@@ -439,6 +440,8 @@ class _Core:
             self.ctx_audio.append(audio[i])
         if self.blinks is not None:
             out[:, BLINKS] = self.blinks.values(first, speech)
+        if self.head is not None:
+            out[:, POSE] = self.head.values(speech)
         return out
 
 

@@ -48,7 +48,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from realtime.motion import CHANNEL_INDEX, MOUTH_CHANNELS, N_CHANNELS, clip_motion
+from realtime.motion import CHANNEL_INDEX, MAX_POSE_DEG, MOUTH_CHANNELS, N_CHANNELS, clip_motion
 from realtime.phones import ARPABET, CLASSES, SILENCE, VOWELS
 
 PhoneSeq = Sequence[Sequence[object]]  # [[phone, start_s, end_s], ...] as in the corpus manifest
@@ -663,6 +663,65 @@ class BlinkTrack:
         for i, s in enumerate(speech):
             out[i] = self.step(first + i, bool(s))
         return out
+
+
+# HeadTrack: the targets' head model (a smoothed OU process per axis: time constant, stationary std in
+# degrees), without its nods and pitch accents (they need stressed vowels and F0 contours). Scaled so
+# the head moves as much as the network's own whole-file head pose (std 0.91 deg on 60 held-out
+# prompts), not the targets' 2.0 deg: the renderer's look at that amplitude is the reviewed one.
+HEAD_AXES = (("headPitch", 1.5, 1.2), ("headYaw", 2.0, 1.8), ("headRoll", 1.2, 1.0))
+HEAD_SCALE = 0.5
+HEAD_SPEAKING_GAIN = 0.6  # 1.6x wider while speaking, as in the targets
+HEAD_SPEAKING_TAU_S = 0.25  # causal easing of that gain (the targets use a centred 0.5 s window)
+
+
+class HeadTrack:
+    """The targets' head-pose model, run causally frame by frame for streams and whole files.
+
+    Why: a network fine-tuned on its own streamed mouth as context (``avatar train --rollout``) lets
+    its streamed head motion shrink to a quarter (docs/bench/eval.md); the head is stochastic, and
+    its streamed amplitude is an emergent property of the feedback loop. This process keeps the head
+    alive whatever the network does: per axis, white noise through two cascaded one-pole filters (the
+    targets' smoothed Ornstein-Uhlenbeck path, no jitter, mean-reverting to neutral), its std eased
+    to 1.6x while speaking. Frame values depend only on the seed, the fps and the speech flags so
+    far (one call per frame, in order), so streams and whole files move alike and nothing drifts.
+    """
+
+    def __init__(self, seed: int, fps: float, scale: float = HEAD_SCALE) -> None:
+        root = np.random.SeedSequence(int(seed), spawn_key=(0x4EAD,))
+        self._rngs = [np.random.default_rng(s) for s in root.spawn(len(HEAD_AXES))]
+        dt = 1.0 / float(fps)
+        self._a = np.array([np.exp(-dt / tau) for _, tau, _ in HEAD_AXES])
+        self._b = np.array([np.exp(-dt / (0.2 * tau)) for _, tau, _ in HEAD_AXES])
+        # stationary std of the cascade's output for unit white noise (its impulse response's norm)
+        k = np.arange(int(12 * max(tau for _, tau, _ in HEAD_AXES) / dt))[:, None]
+        a, b = self._a[None], self._b[None]
+        h = (1 - b) * (a ** (k + 1) - b ** (k + 1)) / (a - b)
+        self._std = np.array([std for _, _, std in HEAD_AXES]) * scale / np.sqrt((h * h).sum(axis=0))
+        self._ease = 1.0 - np.exp(-dt / HEAD_SPEAKING_TAU_S)
+        self._x1 = np.zeros(len(HEAD_AXES))
+        self._x2 = np.zeros(len(HEAD_AXES))
+        self._speaking = 0.0
+        for _ in range(k.shape[0]):  # start stationary, not at exactly neutral
+            self._advance()
+
+    def _advance(self) -> None:
+        w = np.array([r.standard_normal() for r in self._rngs])
+        self._x1 = self._a * self._x1 + w
+        self._x2 = self._b * self._x2 + (1 - self._b) * self._x1
+
+    def step(self, speech: bool) -> np.ndarray:
+        """(headPitch, headYaw, headRoll) in degrees of the next frame; call once per frame, in order."""
+        self._advance()
+        self._speaking += (float(speech) - self._speaking) * self._ease
+        return self._x2 * self._std * (1.0 + HEAD_SPEAKING_GAIN * self._speaking)
+
+    def values(self, speech: Sequence[bool] | np.ndarray) -> np.ndarray:
+        """The next len(speech) frames -> (n, 3) float32."""
+        out = np.zeros((len(speech), len(HEAD_AXES)), np.float32)
+        for i, s in enumerate(speech):
+            out[i] = self.step(bool(s))
+        return np.clip(out, -MAX_POSE_DEG, MAX_POSE_DEG)  # 8 stds at the widest: a guard, not a shape
 
 
 def motion_targets(

@@ -415,6 +415,29 @@ def test_reset_clear_and_flush_keep_the_frame_index(model: MotionModel, speech_1
     assert jumps.max() < 2.0
 
 
+def test_head_process_moves_the_head_alike_in_streams_and_whole_files(
+    model: MotionModel, speech_16k: np.ndarray
+) -> None:
+    """With ``head_process`` the head pose is the causal HeadTrack's: the same frames streamed or
+    whole, alive (degrees of motion, not a still head), and nothing else in the frame changes."""
+    import copy
+    from dataclasses import replace
+
+    from realtime.generator import stream_motion
+
+    pcm = np.concatenate([speech_16k, np.zeros(32000, np.float32), speech_16k])
+    on = copy.copy(model)
+    on.config = replace(model.config, head_process=True)
+    off = copy.copy(model)
+    off.config = replace(model.config, head_process=False)
+    streamed, whole = stream_motion(on, pcm, 16000), generate_motion(on, pcm, 16000)
+    np.testing.assert_allclose(streamed[:, POSE], whole[:, POSE], atol=1e-5)
+    assert 0.3 < float(streamed[:, POSE].std(axis=0).mean()) < 2.0
+    plain = stream_motion(off, pcm, 16000)
+    rest = [i for i in range(plain.shape[1]) if i not in POSE]
+    assert np.array_equal(plain[:, rest], streamed[:, rest])
+
+
 def test_long_stream_does_not_drift(model: MotionModel, speech_16k: np.ndarray) -> None:
     """Two minutes of speech and silence: head pose stays around neutral."""
     rng = np.random.default_rng(0)

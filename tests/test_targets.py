@@ -11,6 +11,7 @@ from realtime.targets import (
     DIPHTHONGS,
     VISEMES,
     BlinkTrack,
+    HeadTrack,
     motion_targets,
     mouth_aperture,
     mouth_curves,
@@ -335,3 +336,24 @@ def test_bad_inputs_raise_clear_errors() -> None:
     assert not mouth_targets([], 5, 25).any()
     assert mouth_targets(None, 0, 25).shape == (0, N_CHANNELS)
     assert nonverbal_targets(None, np.zeros(0), 16000, 0, 25, 0).shape == (0, N_CHANNELS)
+
+
+@pytest.mark.parametrize("fps", [25, 30])
+def test_head_track_is_smooth_anchored_and_wider_in_speech(fps: int) -> None:
+    """The targets' head model run causally: seeded, smooth (no per-frame jitter), mean-reverting to
+    neutral over long runs, 1.6x wider while speaking, and as wide at 25 as at 30 fps."""
+    quiet = np.concatenate([HeadTrack(s, fps).values(np.zeros(60 * fps, bool)) for s in range(8)])
+    loud = np.concatenate([HeadTrack(s, fps).values(np.ones(60 * fps, bool)) for s in range(8)])
+    assert np.array_equal(
+        HeadTrack(3, fps).values(np.ones(50, bool)), HeadTrack(3, fps).values(np.ones(50, bool))
+    )
+    assert not np.array_equal(
+        HeadTrack(3, fps).values(np.ones(50, bool)), HeadTrack(4, fps).values(np.ones(50, bool))
+    )
+    std = quiet.std(axis=0)
+    assert np.all((0.3 < std) & (std < 1.2)), std  # about half the targets' 1.0-1.8 degrees
+    assert 1.4 < float(np.mean(loud.std(axis=0) / std)) < 1.8
+    assert np.abs(quiet.mean(axis=0)).max() < 0.3  # anchored at neutral: no drift
+    # smooth: a frame moves the head by a small part of its range
+    assert float(np.abs(np.diff(quiet, axis=0)).mean()) < 0.1 * float(std.mean())
+    assert np.abs(loud).max() <= MAX_POSE_DEG
