@@ -22,10 +22,11 @@ Objective
     Context frames get Gaussian noise (std up to 0.3 normalised units) in half of the windows:
     when streaming, the context is the model's own output, and a model trained only on clean
     context drifts (exposure bias; measured: head pose ran away in 1-frame streaming without it).
-    ``--rollout P`` (0 for the shipped weights): in that share of streaming-shaped windows the
-    context mouth is the model's own, made frame by frame as a stream makes it
-    (:func:`rollout_context`). A fine-tune with it fixed streamed lip rounding but shrank streamed
-    head motion to a quarter (docs/bench/eval.md), so it is an experiment, not part of the recipe.
+    ``--rollout P`` (stage 3 of the shipped weights: 1): in that share of streaming-shaped windows
+    the context mouth is the model's own, made frame by frame as a stream makes it
+    (:func:`rollout_context`). It fixed streamed lip rounding and shrank the network's streamed head
+    motion to a quarter, which is why the shipped config takes the head pose from the targets' head
+    model (``head_process``; docs/bench/eval.md).
     AdamW, warm-up then cosine decay over the step cap, EMA of the weights (the EMA weights are
     shipped). The step cap is the only rule that ends a normal run, so the weights do not depend on
     the machine's speed; ``minutes`` is a safety limit: a run that hits it first stops, saves what it
@@ -39,8 +40,11 @@ Reproduce the shipped weights (2-core CPU; two stages, see models/motion/MODEL_C
     # stage 1: 20,000 steps on an `avatar data build --size full-base` corpus
     nice -n 19 avatar train --corpus data/corpus_base --out /tmp/base --seed 0 --closure-weight 0
     # stage 2: fine-tune on the `--size full` corpus (one command line; both with --threads 2 --workers 2)
-    nice -n 19 avatar train --corpus data/corpus --out models/motion --init /tmp/base --steps 2500
+    nice -n 19 avatar train --corpus data/corpus --out /tmp/stage2 --init /tmp/base --steps 2500
         --lr 0.0005 --closure-weight 2 --seed 0
+    # stage 3: rollout contexts, then set "head_process": true in the config.json it writes
+    avatar train --corpus data/corpus --out models/motion --init /tmp/stage2 --steps 1200 --lr 0.0003
+        --closure-weight 2 --seed 0 --rollout 1
 """
 
 from __future__ import annotations
@@ -71,7 +75,7 @@ MOUTH_WEIGHT = 2.0
 CTX_NOISE = 0.3  # max std (normalised units) of the noise added to context frames, half of the batches
 CLOSURE_WEIGHT = 2.0  # extra loss weight (x MOUTH_WEIGHT) on the mouth channels of frames inside p/b/m
 # Share of streaming-shaped batches (1-2 new frames after a context of 4+) whose context mouth is a
-# rollout of the model itself, made as a stream makes it (--rollout; 0 for the shipped weights).
+# rollout of the model itself, made as a stream makes it (--rollout; 1 in the shipped stage 3).
 ROLLOUT_P = 0.0
 BILABIALS = frozenset(CLASSES["bilabial"])
 
