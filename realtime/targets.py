@@ -423,6 +423,11 @@ def _audio_features(
     return energy, f0
 
 
+def _ou_response(a: np.ndarray | float, b: np.ndarray | float, k: np.ndarray) -> np.ndarray:
+    """Impulse response at steps ``k`` of the smoothed OU cascade: poles ``a`` (OU) and ``b`` (low-pass)."""
+    return (1 - b) * (a ** (k + 1) - b ** (k + 1)) / (a - b)
+
+
 def _ou(rng: np.random.Generator, n: int, dt: float, tau: float, std: np.ndarray) -> np.ndarray:
     """Smooth Ornstein–Uhlenbeck path anchored at 0: time constant tau, stationary std ``std``.
 
@@ -432,8 +437,7 @@ def _ou(rng: np.random.Generator, n: int, dt: float, tau: float, std: np.ndarray
     a, b = np.exp(-dt / tau), np.exp(-dt / (0.2 * tau))
     # Impulse response of the two cascaded first-order filters, truncated at ~4 tau (e^-4).
     warm = int(4 * tau / dt)
-    k = np.arange(warm + 1)
-    h = (1 - b) * (a ** (k + 1) - b ** (k + 1)) / (a - b)
+    h = _ou_response(a, b, np.arange(warm + 1))
     # Noise starts ``warm`` steps early, so the path is stationary from its first sample.
     noise = rng.standard_normal(n + warm)
     x = np.convolve(noise, h)[warm : warm + n]
@@ -695,8 +699,7 @@ class HeadTrack:
         self._b = np.array([np.exp(-dt / (0.2 * tau)) for _, tau, _ in HEAD_AXES])
         # stationary std of the cascade's output for unit white noise (its impulse response's norm)
         k = np.arange(int(12 * max(tau for _, tau, _ in HEAD_AXES) / dt))[:, None]
-        a, b = self._a[None], self._b[None]
-        h = (1 - b) * (a ** (k + 1) - b ** (k + 1)) / (a - b)
+        h = _ou_response(self._a[None], self._b[None], k)
         self._std = np.array([std for _, _, std in HEAD_AXES]) * scale / np.sqrt((h * h).sum(axis=0))
         self._ease = 1.0 - np.exp(-dt / HEAD_SPEAKING_TAU_S)
         self._x1 = np.zeros(len(HEAD_AXES))

@@ -382,18 +382,20 @@ def train(
     if not clips:
         raise ValueError(f"{corpus}: no usable training utterances")
     cache_s = time.time() - t0
-    net = MotionDenoiser(cfg)
     if init is not None:
-        # Fine-tune: same architecture, and the starting weights' normalisation stats are kept (the
-        # network was trained against them).
-        from realtime.generator import CONFIG, WEIGHTS
+        from realtime.generator import CONFIG
 
         init_cfg = MotionConfig.from_dict(json.loads((Path(init) / CONFIG).read_text())["config"])
         if init_cfg.architecture() != cfg.architecture():  # sampler settings may differ (defaults change)
             raise ValueError(f"{init}: its model architecture differs from this run's; cannot start from it")
         # the sampler settings chosen for the starting weights carry over: a rollout samples with them
         cfg = MotionConfig.from_dict({**init_cfg.to_dict(), **(config_overrides or {})})
-        net.config = cfg
+    net = MotionDenoiser(cfg)
+    if init is not None:
+        # Fine-tune: same architecture, and the starting weights' normalisation stats are kept (the
+        # network was trained against them).
+        from realtime.generator import WEIGHTS
+
         net.load_state_dict(torch.load(Path(init) / WEIGHTS, map_location="cpu", weights_only=True))
     else:
         fm, fs, mm, ms = compute_stats(clips)
