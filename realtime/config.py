@@ -51,6 +51,8 @@ class LiveConfig:
     align_mouth: float = 0.0
     # Playout delay beyond the model's lookahead: audio arrival jitter + compute time (ms).
     latency_margin_ms: float = 50.0
+    # How far the margin may grow while the host is too slow for it (later frames, not repeated ones).
+    latency_margin_max_ms: float = 100.0
     # Cap on the VP8 bitrate the peer's bandwidth estimate may raise the encoder to (0: aiortc's 1500).
     max_video_kbps: int = 0
 
@@ -191,6 +193,12 @@ def load_config(
     if cfg.live.max_video_kbps and not 250 <= cfg.live.max_video_kbps <= 1500:
         raise ConfigError(
             f"live.max_video_kbps must be 0 (no cap) or 250..1500, got {cfg.live.max_video_kbps}"
+        )
+    live = cfg.live
+    if not 0 <= live.latency_margin_ms <= live.latency_margin_max_ms <= 1000:
+        raise ConfigError(
+            "need 0 <= live.latency_margin_ms <= live.latency_margin_max_ms <= 1000, got "
+            f"{live.latency_margin_ms:g} and {live.latency_margin_max_ms:g}"
         )
     if cfg.model.precision not in MODEL_PRECISIONS:
         raise ConfigError(f"model.precision must be auto, fp32 or int8, got {cfg.model.precision!r}")

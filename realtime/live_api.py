@@ -138,6 +138,7 @@ async def offer(request: web.Request) -> web.Response:
             session_id=session_id,
             on_closed=forget,
             margin_ms=config.live.latency_margin_ms,
+            margin_max_ms=config.live.latency_margin_max_ms,
         )
         pc.on("track", session.add_input)
         pc.on("datachannel", session.add_channel)
@@ -168,11 +169,12 @@ async def offer(request: web.Request) -> web.Response:
         session.start()
         pc = None  # owned by the session now
         slog.info(
-            "session started: avatar=%s %dx%d@%dfps delay=%.0f ms",
+            "session started: avatar=%s %dx%d@%dfps delay=%.0f ms (up to %.0f)",
             params.avatar,
             *renderer.size,
             params.fps,
-            session.delay * 1000,
+            session.clock.delay * 1000,
+            session.playout.ceiling * 1000,
         )
         local = session.pc.localDescription
         return web.json_response({"sdp": local.sdp, "type": local.type, "session_id": session.id})

@@ -379,6 +379,26 @@ def _schemas() -> dict[str, Any]:
                     "description": "p1/p5/p50 of how early frames were ready before their send time",
                     "additionalProperties": {"type": "number"},
                 },
+                "pipeline_delay_ms": {
+                    "type": "number",
+                    "description": "the playout delay now (model lookahead + the adaptive margin)",
+                },
+                "pipeline_delay_range_ms": {
+                    "type": "array",
+                    "items": {"type": "number"},
+                    "description": "[lowest, highest]: live.latency_margin_ms and latency_margin_max_ms",
+                },
+                "pipeline_delay_max_ms": {"type": "number"},
+                "pipeline_delay_changes": {
+                    "type": "object",
+                    "description": "how often the delay was raised (frames late) and lowered",
+                    "additionalProperties": {"type": "integer"},
+                },
+                "pipeline_delay_history": {
+                    "type": "array",
+                    "description": "the latest changes, [timeline seconds, new delay ms]",
+                    "items": {"type": "array", "items": {"type": "number"}},
+                },
                 "video_encoder": {"type": "string", "nullable": True},
                 "video_target_kbps": {
                     "type": "integer",

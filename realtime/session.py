@@ -38,6 +38,7 @@ from realtime.ingest import RATE, AudioChunk, AudioIngest, frame_to_mono
 from realtime.logs import bind_session, session_logger
 from realtime.motion import CHANNELS, CONTROL_RANGES, MotionFrame
 from realtime.tracks import (
+    AdaptiveDelay,
     AvatarAudioTrack,
     AvatarVideoTrack,
     FrameBuffer,
@@ -84,6 +85,9 @@ DEGRADE_BACKLOG = 0.1
 # host is short of CPU, and a step is ~15 % of a frame's compute. The mouth is unaffected (it comes
 # from the sampler's first step); blinks, brows and head motion get a little less varied.
 LATE_HOLD = 10.0
+# The input must have been silence this long before the playout delay may move down: the
+# shortened span then falls in that silence (the delay itself is well under this).
+QUIET_FOR = 0.5
 _AUDIO_QUEUE = 256  # 20 ms chunks: about 5 s of backlog before audio is dropped
 
 
@@ -195,6 +199,7 @@ class LiveSession:
         on_closed: Callable[[LiveSession], Awaitable[None] | None] | None = None,
         vanish_timeout: float = VANISH_TIMEOUT,
         margin_ms: float = (ARRIVAL_MARGIN + COMPUTE_MARGIN) * 1000.0,
+        margin_max_ms: float | None = None,
     ) -> None:
         from realtime.generator import MotionControls, MotionStream
 
@@ -226,8 +231,12 @@ class LiveSession:
         # chunk term, which only counts how long a sample between two frame times waits for one.
         chunk_ms = getattr(self.stream, "chunk_frames", 1) * 1000.0 / self.fps
         self.model_delay = max(0.0, float(self.stream.latency_ms) - chunk_ms) / 1000.0
-        self.delay = self.model_delay + max(0.0, margin_ms) / 1000.0
-        self.clock = PlayoutClock(t0=time.monotonic(), delay=self.delay)
+        floor = self.model_delay + max(0.0, margin_ms) / 1000.0
+        ceiling = (
+            floor if margin_max_ms is None else self.model_delay + max(margin_ms, margin_max_ms) / 1000.0
+        )
+        self.clock = PlayoutClock(t0=time.monotonic(), delay=floor)
+        self.playout = AdaptiveDelay(self.clock, floor, ceiling)
         self.ingest = AudioIngest()
         self.vad = VoiceActivity()
         self.frames = FrameBuffer(capacity=max(25, int(2.0 * params.fps)))
@@ -243,6 +252,7 @@ class LiveSession:
         self._closing: asyncio.Task[None] | None = None
         self._closed = asyncio.Event()
         self._last_real_audio = 0.0
+        self._last_speech = -math.inf  # when the input was last speech (the delay moves down only in quiet)
         self._late_at = -LATE_HOLD  # when a frame was last ready after its send time
         self._last_media = time.monotonic()
         self._last_seen = time.monotonic()
@@ -385,6 +395,7 @@ class LiveSession:
             self.stats.arrival_lag.append(arrival - self.clock.t0 - chunk.end / RATE)
             if speech:
                 self.stats.speech_frames += 1
+                self._last_speech = arrival
         else:
             self.stats.silence_filled_s += len(chunk.pcm) / RATE
         try:
@@ -426,14 +437,30 @@ class LiveSession:
                 parts.append(self._audio_q.get_nowait().pcm)
             pcm = np.concatenate(parts) if len(parts) > 1 else parts[0]
             self._adapt_steps(len(pcm) / RATE)
-            ready = await loop.run_in_executor(self.engine.executor, self._compute, pcm)
+            ready, skipped = await loop.run_in_executor(self.engine.executor, self._compute, pcm)
             now = time.monotonic()
+            if skipped is not None:  # frames too late to render: the delay must rise for them too
+                self._adapt_delay(skipped, now)
             for item in ready:
                 slack = self.clock.wall(item.index / self.fps) - now
                 self.stats.slack.append(slack)
                 if slack < 0:
                     self._late_at = now
                 self.frames.put(item)
+                self._adapt_delay(slack, now)
+
+    def _adapt_delay(self, slack: float, now: float) -> None:
+        """Let the playout delay follow the host: later frames instead of repeated ones (AdaptiveDelay)."""
+        if self.video.first_sent_at is None:
+            return  # the first frame leaves at once, whatever the clock says
+        before = self.clock.delay
+        if self.playout.observe(slack, now, quiet=now - self._last_speech > QUIET_FOR):
+            self.log.info(
+                "playout delay %.0f -> %.0f ms (frame ready %.0f ms before its send time)",
+                before * 1000,
+                self.clock.delay * 1000,
+                slack * 1000,
+            )
 
     def _adapt_steps(self, backlog: float) -> None:
         """Under overload, sample with fewer steps until the backlog clears (late frames are worse).
@@ -468,13 +495,17 @@ class LiveSession:
             self.stream.steps = steps
             self.stats.steps_changes += 1
 
-    def _compute(self, pcm: np.ndarray) -> list[ReadyFrame]:
-        """Executor side: motion for the new audio, then render the frames that can still be on time."""
+    def _compute(self, pcm: np.ndarray) -> tuple[list[ReadyFrame], float | None]:
+        """Executor side: motion for the new audio, then render the frames that can still be on time.
+
+        Returns those frames and the slack (negative) of the latest frame skipped as too late, if any.
+        """
         t = time.perf_counter()
         motions: list[MotionFrame] = self.stream.push(pcm, RATE)
         if motions:
             self.metrics.model_seconds.observe(time.perf_counter() - t)
         out: list[ReadyFrame] = []
+        skipped: float | None = None
         now = time.monotonic()
         started = self.video.first_sent_at is not None
         for i, m in enumerate(motions):
@@ -485,6 +516,7 @@ class LiveSession:
                 self.stats.frames_skipped_late += 1
                 if late:
                     self._late_at = now
+                    skipped = due - now if skipped is None else min(skipped, due - now)
                 continue
             t = time.perf_counter()
             frame = self._render_frame(m.values)
@@ -497,7 +529,7 @@ class LiveSession:
                 "channels": m.to_dict(),
             }
             out.append(ReadyFrame(m.index, frame, payload))
-        return out
+        return out, skipped
 
     def _render_frame(self, values: np.ndarray) -> VideoFrame:
         """The video frame of one motion vector, straight to I420 where the renderer allows."""
@@ -669,7 +701,16 @@ class LiveSession:
             "size": list(self.renderer.size),
             "created": self.stats.created,
             "age_s": round(now - (self._answered_at or now), 3),
-            "pipeline_delay_ms": round(self.delay * 1000, 1),
+            "pipeline_delay_ms": round(self.clock.delay * 1000, 1),
+            # the playout delay moves between these with the host's speed (live.latency_margin_max_ms)
+            "pipeline_delay_range_ms": [
+                round(self.playout.floor * 1000, 1),
+                round(self.playout.ceiling * 1000, 1),
+            ],
+            "pipeline_delay_max_ms": round(self.playout.highest * 1000, 1),
+            "pipeline_delay_changes": {"raised": self.playout.raised, "lowered": self.playout.lowered},
+            # (timeline s, delay ms) of the latest changes: which delay held when
+            "pipeline_delay_history": [[t, round(d * 1000, 1)] for t, d in self.playout.changes],
             "model_latency_ms": float(self.stream.latency_ms),
             "first_frame_s": first,
             "frames_sent": self.video.sent,

@@ -4,6 +4,7 @@ Both tracks are paced by a :class:`PlayoutClock`: timeline time ``s`` (seconds o
 audio) leaves the server at wall time ``t0 + delay + s``. Video frame *n* shows audio
 time *n / fps*; audio frame *k* carries timeline samples ``[960 k, 960 (k + 1))`` at
 48 kHz. So lips and voice leave together by construction and their offset cannot drift.
+:class:`AdaptiveDelay` moves ``delay`` for both when the host is too slow for it.
 
 ``recv()`` is the only thing aiortc calls. It never raises on a late frame: the video
 track repeats the last frame and counts a drop; the audio track sends what it has
@@ -16,8 +17,9 @@ import asyncio
 import contextlib
 import fractions
 import logging
+import math
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -55,6 +57,80 @@ class PlayoutClock:
 
     def timeline(self, wall: float) -> float:
         return wall - self.t0 - self.delay
+
+
+class AdaptiveDelay:
+    """Moves a :class:`PlayoutClock`'s delay with how early frames are ready: a jitter buffer for compute.
+
+    On a shared or busy host a frame's compute sometimes takes several times its CPU time (the
+    thread waits for a core or the GIL). A frame ready more than the video track's grace after
+    its send time repeats the last one: a visible stutter. One such frame now and then is not
+    worth more latency; frames late again and again are. So when a frame is ready later than
+    ``low`` (default: 8 ms late, half that grace) and another was within ``window`` seconds, the
+    delay rises by this one's lateness, rounded up to ``step``s, up to ``ceiling``: frames then
+    leave later instead of repeating. Audio and video share the clock, so lips and voice stay
+    together; the peer's jitter buffer absorbs the step. After ``settle`` seconds in which every
+    frame was ready at least a step before its send time, and only while the input is quiet (the
+    voice then loses milliseconds of silence, not of a word), it lowers one step, never below
+    ``floor``. With ``ceiling`` equal to ``floor`` the delay is fixed.
+    """
+
+    def __init__(
+        self,
+        clock: PlayoutClock,
+        floor: float,
+        ceiling: float,
+        *,
+        step: float = 0.010,
+        low: float = -0.008,
+        window: float = 2.0,
+        settle: float = 5.0,
+    ) -> None:
+        self.clock = clock
+        self.floor = floor
+        self.ceiling = max(floor, ceiling)
+        self.step = step
+        self.low = low
+        self.window = window
+        self.settle = settle
+        self.raised = 0
+        self.lowered = 0
+        self.highest = clock.delay
+        # (timeline seconds, new delay) of every change, the last 64: which delay held when
+        self.changes: deque[tuple[float, float]] = deque(maxlen=64)
+        self._late_at: float | None = None  # when a frame was last later than ``low``
+        self._calm_since: float | None = None  # since when every frame had a step to spare
+
+    def observe(self, slack: float, now: float, *, quiet: bool) -> float:
+        """Take a frame's slack (seconds before its send time it was ready); returns the change made."""
+        if self._calm_since is None or slack < self.step:
+            self._calm_since = now
+        if slack < self.low:
+            again = self._late_at is not None and now - self._late_at <= self.window
+            self._late_at = now
+            room = self.ceiling - self.clock.delay
+            if again and room > 1e-9:
+                steps = math.ceil(-slack / self.step - 1e-9)  # enough for this frame to have been on time
+                return self._move(min(room, steps * self.step), now)
+            return 0.0
+        if (
+            quiet
+            and self.clock.delay - self.step >= self.floor - 1e-9
+            and now - self._calm_since >= self.settle
+        ):
+            return self._move(-self.step, now)
+        return 0.0
+
+    def _move(self, change: float, now: float) -> float:
+        self.clock.delay += change
+        if change > 0:
+            self.raised += 1
+        else:
+            self.lowered += 1
+        self.highest = max(self.highest, self.clock.delay)
+        self.changes.append((round(self.clock.timeline(now), 3), round(self.clock.delay, 4)))
+        self._calm_since = now  # the next step down waits a whole settle time
+        return change
 
 
 def video_pts(n: int, fps: int) -> int:

@@ -34,6 +34,8 @@ def test_bad_values_are_clear_errors(tmp_path: Path) -> None:
         load_config(overrides=["live.max_video_kbps=100"], env={})
     with pytest.raises(ConfigError, match="model.backend"):
         load_config(overrides=["model.backend=tpu"], env={})
+    with pytest.raises(ConfigError, match="live.latency_margin_ms <= live.latency_margin_max_ms"):
+        load_config(overrides=["live.latency_margin_max_ms=30"], env={})  # below the 50 ms margin
 
 
 def test_motion_frame_contract() -> None:

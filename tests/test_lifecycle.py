@@ -37,18 +37,22 @@ CYCLES = int(os.environ.get("AVATAR_LIFECYCLE_CYCLES", "12"))
 SILENCE = np.zeros(16000, np.float32)
 
 
-def _config(test_config: Config, **server: object) -> Config:
+def _config(test_config: Config, live: dict | None = None, **server: object) -> Config:
     base = {"rate_limit_per_minute": 0, **server}
-    return dataclasses.replace(test_config, server=dataclasses.replace(test_config.server, **base))
+    return dataclasses.replace(
+        test_config,
+        server=dataclasses.replace(test_config.server, **base),
+        live=dataclasses.replace(test_config.live, **(live or {})),
+    )
 
 
 @pytest.fixture
 async def serve(engine: Engine, test_config: Config) -> AsyncIterator:
-    """Start the real app on loopback: ``await serve(**server_overrides) -> (url, app, server)``."""
+    """Start the real app on loopback: ``await serve(live={...}, **server_overrides) -> (url, app, server)``."""
     servers: list[TestServer] = []
 
-    async def start(**server: object):
-        app = create_app(_config(test_config, **server), engine=engine)
+    async def start(live: dict | None = None, **server: object):
+        app = create_app(_config(test_config, live, **server), engine=engine)
         srv = TestServer(app, host="127.0.0.1")
         await srv.start_server()
         servers.append(srv)
@@ -209,6 +213,53 @@ async def test_shutdown_with_live_sessions_is_clean(serve, caplog):
     finally:
         for c in clients:
             await c.close()
+
+
+async def _stalled_session(url: str, app, frames: int = 125) -> tuple[int, int, dict]:
+    """One session whose every fourth frame's compute stalls 50 ms once it streams: (repeated frames
+    while stalled, stalls, the session's info)."""
+    client = import_test_client()(url, SILENCE, 16000, keep_video=False)
+    try:
+        await client.connect()
+        await client.wait_frames(10, within=60)
+        session = next(iter(app[SESSIONS_KEY].sessions.values()))
+        render, calls = session._render_frame, [0]
+
+        def stalled(values: np.ndarray):
+            calls[0] += 1
+            if calls[0] % 4 == 1:
+                time.sleep(0.05)  # on the executor thread: the frame is ready 50 ms later
+            return render(values)
+
+        session._render_frame = stalled
+        before = session.video.dropped
+        await client.wait_frames(client.video_count + frames, within=60)
+        info = session.info()
+    finally:
+        await client.close()
+    return info["frames_dropped"] - before, (calls[0] + 3) // 4, info
+
+
+async def test_playout_delay_rises_instead_of_repeating_when_compute_stalls(serve):
+    """Every fourth frame's compute stalls 50 ms (a host short of CPU now and then). With the delay
+    fixed, the stalls repeat frames throughout; the adaptive delay rises after the first late frames,
+    and the frames after them are sent, not repeated."""
+    url, app, _ = await serve(live={"latency_margin_max_ms": 150.0})  # room above any test host's need
+    drops, stalls, info = await _stalled_session(url, app)
+    url, app, _ = await serve(live={"latency_margin_max_ms": 50.0})
+    fixed_drops, fixed_stalls, fixed_info = await _stalled_session(url, app)
+    keys = ("frames_dropped_by_cause", "frame_slack_ms", "pipeline_delay_history", "frames_skipped_late")
+    report = {
+        "drops": (drops, fixed_drops),
+        "stalls": (stalls, fixed_stalls),
+        "infos": [{k: i[k] for k in keys} for i in (info, fixed_info)],
+    }
+    assert min(stalls, fixed_stalls) >= 25, report
+    assert fixed_info["pipeline_delay_changes"] == {"raised": 0, "lowered": 0}
+    assert info["pipeline_delay_changes"]["raised"] >= 1, report
+    assert info["pipeline_delay_range_ms"][0] < info["pipeline_delay_ms"], report
+    assert fixed_drops >= 0.4 * fixed_stalls, report  # the stalls do repeat frames at a fixed delay ...
+    assert drops <= 0.3 * fixed_drops, report  # ... and far fewer once the delay has risen
 
 
 # -- regressions for two defects found here and fixed in the live path (f7f3e82) --

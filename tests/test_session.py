@@ -13,6 +13,7 @@ from realtime.config import LiveConfig
 from realtime.session import ParamError, SessionParams
 from realtime.tracks import (
     AUDIO_SAMPLES,
+    AdaptiveDelay,
     AvatarAudioTrack,
     AvatarVideoTrack,
     FrameBuffer,
@@ -116,6 +117,52 @@ async def test_video_track_paces_repeats_late_frames_and_counts_drops() -> None:
     late = await track.recv()  # frame 4 never rendered: repeat frame 3, count a drop
     assert late.pts == 4 * 3600 and int(late.to_ndarray(format="rgb24")[0, 0, 0]) == 30
     assert track.dropped == 1 and sent[-1] == (4, True)
+    track.stop()
+
+
+def test_adaptive_delay_rises_with_late_frames_and_falls_only_in_quiet_input() -> None:
+    clock = PlayoutClock(t0=0.0, delay=0.10)
+    fixed = AdaptiveDelay(PlayoutClock(t0=0.0, delay=0.10), 0.10, 0.10)
+    assert fixed.observe(-0.05, 1.0, quiet=True) + fixed.observe(-0.05, 1.1, quiet=True) == 0.0  # fixed
+    playout = AdaptiveDelay(clock, 0.10, 0.15, window=2.0, settle=5.0)
+    assert playout.observe(0.02, 1.0, quiet=False) == 0.0
+    assert playout.observe(-0.005, 1.1, quiet=False) == 0.0  # late within half the track's grace: sent
+    assert playout.observe(-0.03, 1.2, quiet=False) == 0.0  # one late frame is not worth more latency
+    assert playout.observe(-0.03, 3.5, quiet=False) == 0.0  # ... nor one 2.3 s later
+    # late again within 2 s: raised by its lateness, 12 ms rounded up to two 10 ms steps
+    assert playout.observe(-0.012, 4.0, quiet=False) == pytest.approx(0.02)
+    assert clock.delay == pytest.approx(0.12) and playout.changes[-1] == (pytest.approx(4.0 - 0.12), 0.12)
+    assert playout.observe(-0.2, 4.1, quiet=False) == pytest.approx(0.03)  # never past the ceiling
+    assert clock.delay == pytest.approx(0.15) and playout.observe(-0.2, 4.2, quiet=False) == 0.0
+    # early frames again: the delay comes down a step per settle time, and only in quiet input
+    assert playout.observe(0.03, 9.0, quiet=True) == 0.0  # the late frame at 4.2 s was too recent
+    assert playout.observe(0.03, 9.5, quiet=False) == 0.0
+    assert playout.observe(0.03, 9.5, quiet=True) == pytest.approx(-0.01)
+    assert playout.observe(0.03, 10.0, quiet=True) == 0.0  # settle time starts again
+    assert playout.observe(0.005, 14.0, quiet=True) == 0.0  # one frame with less than a step to spare
+    assert playout.observe(0.03, 18.9, quiet=True) == 0.0  # ... holds it for the settle time
+    assert playout.observe(0.03, 19.1, quiet=True) == pytest.approx(-0.01)
+    for k in range(10):
+        playout.observe(0.05, 25.0 + 6 * k, quiet=True)
+    assert clock.delay == pytest.approx(0.10)  # never below the floor
+    assert (playout.raised, playout.lowered, playout.highest) == (2, 5, pytest.approx(0.15))
+
+
+async def test_video_track_follows_a_raised_delay_without_repeats() -> None:
+    fps = 25
+    clock = PlayoutClock(t0=time.monotonic(), delay=0.02)
+    buf = FrameBuffer()
+    for i in range(6):
+        buf.put(ReadyFrame(i, _frame(i)))
+    track = AvatarVideoTrack(clock, fps, buf, _frame(0), grace=0.0)
+    await track.recv()
+    await track.recv()
+    t = time.monotonic()
+    clock.delay += 0.08  # two frame periods later from now on
+    frames = [await track.recv() for _ in range(2)]
+    assert time.monotonic() - t >= 0.08 + 1.5 / fps
+    assert [int(f.to_ndarray(format="rgb24")[0, 0, 0]) for f in frames] == [2, 3]
+    assert [f.pts for f in frames] == [2 * 3600, 3 * 3600] and track.dropped == 0
     track.stop()
 
 

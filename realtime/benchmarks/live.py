@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import shutil
 import socket
@@ -326,6 +327,25 @@ def start_server(
     return subprocess.Popen(cmd, cwd=ROOT), f"http://127.0.0.1:{port}"
 
 
+BURN = """
+import sys, time
+share, period = float(sys.argv[1]), 0.01
+while True:
+    t = time.perf_counter()
+    while time.perf_counter() - t < share * period:
+        pass
+    time.sleep((1.0 - share) * period)
+"""
+
+
+def start_burners(cores: float) -> list[subprocess.Popen]:
+    """Processes that burn ``cores`` of CPU between them, in 10 ms duty cycles (another tenant)."""
+    if cores <= 0:
+        return []
+    n = math.ceil(cores - 1e-9)
+    return [subprocess.Popen([sys.executable, "-c", BURN, str(cores / n)]) for _ in range(n)]
+
+
 async def measure(
     args: argparse.Namespace,
     server: subprocess.Popen,
@@ -418,6 +438,10 @@ async def measure(
             "pipeline_delay_ms": next(
                 (i["pipeline_delay_ms"] for i in infos if "pipeline_delay_ms" in i), None
             ),
+            # the adaptive playout delay per session: at the end, its highest, how often it moved
+            "pipeline_delay_ms_end": [i.get("pipeline_delay_ms") for i in infos],
+            "pipeline_delay_max_ms": [i.get("pipeline_delay_max_ms") for i in infos],
+            "pipeline_delay_changes": [i.get("pipeline_delay_changes") for i in infos],
             "av_offset_p50_ms": round(float(np.median(av)) * 1000, 1) if len(av) else None,
             # mouth-vs-voice offset in the first and the second half of the run: its drift
             "av_offset_p50_ms_first_second_half": [
@@ -446,6 +470,13 @@ def cli_main(argv: list[str]) -> int:
     parser.add_argument("--json", type=Path, default=None, help="also write the result here")
     parser.add_argument("--margin-ms", type=float, default=None, help="live.latency_margin_ms for the server")
     parser.add_argument(
+        "--busy",
+        type=float,
+        default=0.0,
+        metavar="CORES",
+        help="burn this many cores in other processes meanwhile: a busier or slower host, on demand",
+    )
+    parser.add_argument(
         "--set",
         dest="overrides",
         action="append",
@@ -468,9 +499,13 @@ def cli_main(argv: list[str]) -> int:
     if args.margin_ms is not None:
         args.overrides.append(f"live.latency_margin_ms={args.margin_ms}")
     server, url = start_server(args.sessions, work / "avatars", args.overrides)
+    burners = start_burners(args.busy)
     try:
         result = asyncio.run(measure(args, server, url, pcm, onsets, meter))
     finally:
+        for p in burners:
+            p.kill()
+            p.wait()
         server.terminate()
         try:
             server.wait(timeout=20)
@@ -480,6 +515,7 @@ def cli_main(argv: list[str]) -> int:
         meter.close()
         shutil.rmtree(work, ignore_errors=True)
     result["host_render_ms_before"] = host_speed  # see MouthMeter.host_speed_ms
+    result["busy_cores"] = args.busy
     text = json.dumps(result, indent=2)
     print(text)
     if args.json is not None:
