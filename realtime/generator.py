@@ -409,13 +409,15 @@ class _Core:
         return z.astype(np.float32)
 
     def generate(
-        self, first: int, audio: np.ndarray, speech: np.ndarray, steps: int, dynamic_scale: float
+        self, first: int, audio: np.ndarray, levels: np.ndarray, steps: int, dynamic_scale: float
     ) -> np.ndarray:
-        """Frames first..first+len(audio)-1 from their embeddings and speech flags -> (n, C) motion.
+        """Frames first..first+len(audio)-1 from their embeddings and :func:`speech_levels` -> (n, C) motion.
 
         Denormalised. With the blink process, the blink channels are replaced after the frame is
         kept as context: the network sees its own blinks, so its other channels do not change.
+        The head process likewise (its nods follow the levels).
         """
+        speech = levels > SPEECH_REL
         m = self.model
         n = len(audio)
         ctx = np.array(self.ctx, np.float32).reshape(-1, N_CHANNELS)
@@ -441,7 +443,7 @@ class _Core:
         if self.blinks is not None:
             out[:, BLINKS] = self.blinks.values(first, speech)
         if self.head is not None:
-            out[:, POSE] = self.head.values(speech)
+            out[:, POSE] = self.head.values(speech, levels)
         return out
 
 
@@ -608,8 +610,9 @@ class MotionStream:
         last = (rel_frames * 1000 + cfg.lookahead_ms * self.fps) // (10 * self.fps) - 1
         windows = frame_windows_offset(self._mel, self._mel_base, last, cfg.audio_frames)
         audio = self.model.encode_audio(windows)
-        speech = speech_flags(self._rel, self._mel_base, last)
-        raw = self._core.generate(self._next, audio, speech, self.steps, float(self.controls.dynamic_scale))
+        levels = speech_levels(self._rel, self._mel_base, last)
+        speech = levels > SPEECH_REL
+        raw = self._core.generate(self._next, audio, levels, self.steps, float(self.controls.dynamic_scale))
         for i, flag in enumerate(speech):
             self._speech[self._next + i] = bool(flag)
         self._next += n
@@ -666,18 +669,20 @@ class MotionStream:
         self._restart()
 
 
-def speech_flags(rel: np.ndarray, base: int, last: np.ndarray) -> np.ndarray:
-    """Per frame, whether it is speech: a mel frame within about +-30 ms of its time near the speech level.
+def speech_levels(rel: np.ndarray, base: int, last: np.ndarray) -> np.ndarray:
+    """Per frame, the loudest mel frame within about +-30 ms of its time, against the speech level.
 
-    ``rel``: mel-frame energies relative to the running speech level, ``rel[0]`` is mel index
-    ``base``; ``last``: each frame's last mel index. Streams and whole files share it, so their
-    speech flags (and the blinks at pauses that follow them) agree.
+    ``rel``: mel-frame energies relative to the running speech level (natural-log power), ``rel[0]``
+    is mel index ``base``; ``last``: each frame's last mel index. -inf where there is none yet.
+    Streams and whole files share it, so their speech flags (and the blinks at pauses and the nods
+    that follow them) agree.
     """
-    out = np.zeros(len(last), bool)
+    out = np.full(len(last), -np.inf)
     for i, mel_last in enumerate(np.asarray(last)):
         a, b = int(mel_last) - 8 - base, int(mel_last) - 1 - base
         seg = rel[max(a, 0) : max(b, 0)]
-        out[i] = bool(seg.size and seg.max() > SPEECH_REL)
+        if seg.size:
+            out[i] = float(seg.max())
     return out
 
 
@@ -725,7 +730,7 @@ def generate_motion(
     need = (last_mel_index(n_frames - 1, fps, cfg.lookahead_ms) + 1) * HOP
     feats, rel = FeatureExtractor().push(np.concatenate([x16, np.zeros(max(0, need - x16.size))]))
     audio = model.encode_audio(frame_windows(feats, frames, fps, cfg.lookahead_ms, cfg.audio_frames))
-    speech = speech_flags(rel, 0, np.array([last_mel_index(int(f), fps, cfg.lookahead_ms) for f in frames]))
+    levels = speech_levels(rel, 0, np.array([last_mel_index(int(f), fps, cfg.lookahead_ms) for f in frames]))
     steps = int(controls.inference_steps or model.default_steps)
     core = _Core(model, fps, int(controls.seed))
     post = _Post(fps, controls)
@@ -733,7 +738,7 @@ def generate_motion(
     out = []
     for start in range(0, n_frames, chunk):
         sl = slice(start, start + chunk)
-        raw = core.generate(start, audio[sl], speech[sl], steps, float(controls.dynamic_scale))
+        raw = core.generate(start, audio[sl], levels[sl], steps, float(controls.dynamic_scale))
         out.append(post.push(raw))
         if progress is not None:
             progress(min(1.0, (start + chunk) / n_frames))

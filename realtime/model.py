@@ -82,8 +82,8 @@ class MotionConfig:
     # randomly timed blinks away (1.3 blinks/min at 3 steps vs 17 in the targets). The network's
     # blink channels still feed its context, so every other channel is unchanged.
     blink_process: bool = True
-    # Head pose comes from the targets' own head model, run causally (realtime.targets.HeadTrack), not
-    # from the sampler; the network's head still feeds its context. For weights whose streamed head
+    # Head pose comes from the targets' own head model and its nods, run causally
+    # (realtime.targets.HeadTrack), not from the sampler; the network's head still feeds its context. For weights whose streamed head
     # motion is too small (a rollout fine-tune's: 0.21 deg std streamed, docs/bench/eval.md).
     head_process: bool = False
 

@@ -43,6 +43,7 @@ noise is drawn on a fixed 100 Hz grid, so the same seed gives the same motion at
 from __future__ import annotations
 
 import heapq
+from collections import deque
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -469,6 +470,61 @@ def _pauses(speech: np.ndarray, grid: np.ndarray, min_len: float = BLINK_PAUSE_M
     return out
 
 
+def _stress_events(
+    parsed: list[tuple[str, float, float]],
+    no_audio: bool,
+    grid: np.ndarray,
+    energy: np.ndarray,
+    f0: np.ndarray,
+    speech: np.ndarray,
+) -> list[tuple[float, float, float]]:
+    """Stressed vowels as (onset s, strength 0..1, pitch z): the events that drive nods and brows."""
+    n_grid, dt = len(grid), 1.0 / _GRID_HZ
+    voiced_f0 = f0[f0 > 0]
+    f0_z = np.zeros(n_grid)
+    if voiced_f0.size > 10:
+        logf = np.log(np.maximum(f0, 1.0))
+        mu, sd = np.log(voiced_f0).mean(), np.log(voiced_f0).std() + 1e-3
+        f0_z = np.where(f0 > 0, (logf - mu) / sd, 0.0)
+    vowels = [(s, e) for p, s, e in parsed if p in VOWELS and e > s]
+    if not vowels and speech.any():
+        # No phone timings: energy peaks during speech stand in for vowel nuclei.
+        sm = np.convolve(energy, np.ones(9) / 9, mode="same")
+        peaks = np.flatnonzero((sm[1:-1] > sm[:-2]) & (sm[1:-1] >= sm[2:]) & speech[1:-1]) + 1
+        last = -1.0
+        for p in peaks:
+            if grid[p] - last > 0.2:
+                vowels.append((float(grid[p]) - 0.05, float(grid[p]) + 0.05))
+                last = float(grid[p])
+    stress: list[tuple[float, float, float]] = []  # (onset, strength 0..1, pitch z)
+    if vowels:
+        e_vals = np.array(
+            [energy[(grid >= s) & (grid < max(e, s + dt))].max(initial=-100.0) for s, e in vowels]
+        )
+        z_vals = np.array([f0_z[(grid >= s) & (grid < max(e, s + dt))].max(initial=0.0) for s, e in vowels])
+        durs = np.array([e - s for s, e in vowels])
+        if no_audio:  # no audio: duration is the only stress cue
+            e_vals = durs * 100
+        score = e_vals + 20.0 * np.clip(durs - 0.08, 0.0, 0.2)
+        thresh = np.quantile(score, 0.6)
+        for (s, _), sc, z in zip(vowels, score, z_vals, strict=True):
+            if sc >= thresh:
+                strength = float(np.clip((sc - thresh) / 6.0 + 0.5, 0.3, 1.0))
+                stress.append((s, strength, float(z)))
+    return stress
+
+
+def stressed_onsets(phones: PhoneSeq | None, pcm: np.ndarray, sample_rate: int) -> list[float]:
+    """When the targets' stressed vowels start (s): where the targets nod (evaluation of HeadTrack)."""
+    parsed = _parse_phones(phones)
+    duration = len(pcm) / float(sample_rate)
+    n_grid = int(np.ceil(duration * _GRID_HZ)) + 2
+    grid = np.arange(n_grid) / _GRID_HZ
+    energy, f0 = _audio_features(pcm, int(sample_rate), n_grid)
+    speech = _speech_mask(parsed, grid, energy)
+    return [onset for onset, _, _ in _stress_events(parsed, False, grid, energy, f0, speech)]
+
+
 def nonverbal_targets(
     phones: PhoneSeq | None,
     pcm: np.ndarray | None,
@@ -533,37 +589,7 @@ def nonverbal_targets(
     out[:, CHANNEL_INDEX["eyeBlinkRight"]] = right
 
     # --- stressed vowels and pitch accents (events that drive nods and brows)
-    voiced_f0 = f0[f0 > 0]
-    f0_z = np.zeros(n_grid)
-    if voiced_f0.size > 10:
-        logf = np.log(np.maximum(f0, 1.0))
-        mu, sd = np.log(voiced_f0).mean(), np.log(voiced_f0).std() + 1e-3
-        f0_z = np.where(f0 > 0, (logf - mu) / sd, 0.0)
-    vowels = [(s, e) for p, s, e in parsed if p in VOWELS and e > s]
-    if not vowels and speech.any():
-        # No phone timings: energy peaks during speech stand in for vowel nuclei.
-        sm = np.convolve(energy, np.ones(9) / 9, mode="same")
-        peaks = np.flatnonzero((sm[1:-1] > sm[:-2]) & (sm[1:-1] >= sm[2:]) & speech[1:-1]) + 1
-        last = -1.0
-        for p in peaks:
-            if grid[p] - last > 0.2:
-                vowels.append((float(grid[p]) - 0.05, float(grid[p]) + 0.05))
-                last = float(grid[p])
-    stress: list[tuple[float, float, float]] = []  # (onset, strength 0..1, pitch z)
-    if vowels:
-        e_vals = np.array(
-            [energy[(grid >= s) & (grid < max(e, s + dt))].max(initial=-100.0) for s, e in vowels]
-        )
-        z_vals = np.array([f0_z[(grid >= s) & (grid < max(e, s + dt))].max(initial=0.0) for s, e in vowels])
-        durs = np.array([e - s for s, e in vowels])
-        if pcm is None:  # no audio: duration is the only stress cue
-            e_vals = durs * 100
-        score = e_vals + 20.0 * np.clip(durs - 0.08, 0.0, 0.2)
-        thresh = np.quantile(score, 0.6)
-        for (s, _), sc, z in zip(vowels, score, z_vals, strict=True):
-            if sc >= thresh:
-                strength = float(np.clip((sc - thresh) / 6.0 + 0.5, 0.3, 1.0))
-                stress.append((s, strength, float(z)))
+    stress = _stress_events(parsed, pcm is None, grid, energy, f0, speech)
 
     # --- head: OU anchored to neutral + nods on stressed vowels + up-tilt on pitch accents
     # Ease the speaking gain over 0.5 s; edge padding keeps the start independent of the length.
@@ -670,13 +696,21 @@ class BlinkTrack:
 
 
 # HeadTrack: the targets' head model (a smoothed OU process per axis: time constant, stationary std in
-# degrees), without its nods and pitch accents (they need stressed vowels and F0 contours). Scaled so
-# the head moves as much as the network's own whole-file head pose (std 0.91 deg on 60 held-out
-# prompts), not the targets' 2.0 deg: the renderer's look at that amplitude is the reviewed one.
+# degrees) and its nods, without pitch accents (they need F0 contours). Scaled so the head moves as
+# much as the network's own whole-file head pose (std 0.91 deg on 60 held-out prompts), not the
+# targets' 2.0 deg: the renderer's look at that amplitude is the reviewed one.
 HEAD_AXES = (("headPitch", 1.5, 1.2), ("headYaw", 2.0, 1.8), ("headRoll", 1.2, 1.0))
 HEAD_SCALE = 0.5
 HEAD_SPEAKING_GAIN = 0.6  # 1.6x wider while speaking, as in the targets
 HEAD_SPEAKING_TAU_S = 0.25  # causal easing of that gain (the targets use a centred 0.5 s window)
+# Nods, as the targets make them without phone timings: energy peaks in speech at least NOD_GAP_S
+# apart stand in for vowel nuclei, and those in the upper 40 % of the recent ones are stressed.
+NOD_GAP_S = 0.2
+NOD_DIP_DB = 3.0  # a peak is confirmed once the level falls this far from it, and needs a dip before it
+NOD_STRESS_QUANTILE = 0.6
+NOD_HISTORY = 24  # recent peaks the stress threshold is taken over (about 5 s of speech)
+NOD_MIN_HISTORY = 4  # no nods before this many peaks: the first syllables have nothing to compare to
+DB_PER_NEPER_POWER = 10.0 / np.log(10.0)  # a natural-log power ratio in dB
 
 
 class HeadTrack:
@@ -687,13 +721,28 @@ class HeadTrack:
     its streamed amplitude is an emergent property of the feedback loop. This process keeps the head
     alive whatever the network does: per axis, white noise through two cascaded one-pole filters (the
     targets' smoothed Ornstein-Uhlenbeck path, no jitter, mean-reverting to neutral), its std eased
-    to 1.6x while speaking. Frame values depend only on the seed, the fps and the speech flags so
-    far (one call per frame, in order), so streams and whole files move alike and nothing drifts.
+    to 1.6x while speaking. With each frame's loudness (``levels``: its energy against the running
+    speech level, natural-log power) it also nods on stressed syllables as the targets do without
+    phone timings (:meth:`_nod`). Frame values depend only on the seed, the fps and the speech flags
+    and levels so far (one call per frame, in order), so streams and whole files move alike and
+    nothing drifts.
     """
 
     def __init__(self, seed: int, fps: float, scale: float = HEAD_SCALE) -> None:
         root = np.random.SeedSequence(int(seed), spawn_key=(0x4EAD,))
-        self._rngs = [np.random.default_rng(s) for s in root.spawn(len(HEAD_AXES))]
+        *axes, nods = root.spawn(len(HEAD_AXES) + 1)
+        self._rngs = [np.random.default_rng(s) for s in axes]
+        self._r_nod = np.random.default_rng(nods)
+        self.fps = float(fps)
+        self.scale = scale
+        self._frame = 0
+        self._rising = False  # after a dip, looking for the next peak
+        self._top = (-np.inf, 0.0, False)  # the highest level since the dip: dB, time, speech
+        self._low = np.inf  # the lowest level since the last peak (dB)
+        self._last_peak = -np.inf
+        self._peaks: deque[float] = deque(maxlen=NOD_HISTORY)
+        self._nods: list[tuple[float, float, float]] = []  # onset (s), amplitude (deg), length (s)
+        self.nods = 0  # nods started so far
         dt = 1.0 / float(fps)
         self._a = np.array([np.exp(-dt / tau) for _, tau, _ in HEAD_AXES])
         self._b = np.array([np.exp(-dt / (0.2 * tau)) for _, tau, _ in HEAD_AXES])
@@ -713,17 +762,66 @@ class HeadTrack:
         self._x1 = self._a * self._x1 + w
         self._x2 = self._b * self._x2 + (1 - self._b) * self._x1
 
-    def step(self, speech: bool) -> np.ndarray:
-        """(headPitch, headYaw, headRoll) in degrees of the next frame; call once per frame, in order."""
+    def step(self, speech: bool, level: float | None = None) -> np.ndarray:
+        """(headPitch, headYaw, headRoll) in degrees of the next frame; call once per frame, in order.
+
+        ``level``: the frame's loudness against the running speech level (natural-log power); None
+        gives no nods.
+        """
         self._advance()
         self._speaking += (float(speech) - self._speaking) * self._ease
-        return self._x2 * self._std * (1.0 + HEAD_SPEAKING_GAIN * self._speaking)
+        out = self._x2 * self._std * (1.0 + HEAD_SPEAKING_GAIN * self._speaking)
+        t = self._frame / self.fps
+        if level is not None:
+            self._nod(t, bool(speech), float(level) * DB_PER_NEPER_POWER)
+        self._frame += 1
+        if self._nods:
+            out[0] += self.scale * sum(
+                amp * float(_raised_cosine(np.asarray(t), on, n)) for on, amp, n in self._nods
+            )
+            self._nods = [nod for nod in self._nods if t < nod[0] + nod[2]]
+        return out
 
-    def values(self, speech: Sequence[bool] | np.ndarray) -> np.ndarray:
-        """The next len(speech) frames -> (n, 3) float32."""
+    def _nod(self, t: float, speech: bool, db: float) -> None:
+        """Start a nod when a stressed peak is confirmed (causal: once the level has fallen from it).
+
+        The targets' rule on energy peaks: a peak in speech, NOD_GAP_S after the last one, stressed
+        when in the upper 40 % of the recent peaks; strength from how far above, the nod's size and
+        length drawn per event. A peak counts once the level has dipped NOD_DIP_DB below it (and
+        rose that much from the dip before it), which is usually the next frame; the nod starts then.
+        """
+        if not self._rising:
+            self._low = min(self._low, db)
+            if db - self._low >= NOD_DIP_DB:
+                self._rising, self._top = True, (db, t, speech)
+            return
+        if db > self._top[0]:
+            self._top = (db, t, speech)
+            return
+        if self._top[0] - db < NOD_DIP_DB:
+            return
+        peak, t_peak, was_speech = self._top
+        self._rising, self._low = False, db
+        if not was_speech or t_peak - self._last_peak < NOD_GAP_S - 1e-9:
+            return
+        self._last_peak = t_peak
+        self._peaks.append(peak)
+        if len(self._peaks) <= NOD_MIN_HISTORY:
+            return
+        thresh = float(np.quantile(np.asarray(self._peaks), NOD_STRESS_QUANTILE))
+        if peak >= thresh:
+            strength = float(np.clip((peak - thresh) / 6.0 + 0.5, 0.3, 1.0))
+            amp_u, length_u = self._r_nod.uniform(size=2)  # fixed draws per event
+            self._nods.append((t, (0.5 + 1.1 * amp_u) * strength, 0.3 + 0.12 * length_u))
+            self.nods += 1
+
+    def values(
+        self, speech: Sequence[bool] | np.ndarray, levels: Sequence[float] | np.ndarray | None = None
+    ) -> np.ndarray:
+        """The next len(speech) frames -> (n, 3) float32 (``levels``: see :meth:`step`)."""
         out = np.zeros((len(speech), len(HEAD_AXES)), np.float32)
         for i, s in enumerate(speech):
-            out[i] = self.step(bool(s))
+            out[i] = self.step(bool(s), None if levels is None else float(levels[i]))
         return np.clip(out, -MAX_POSE_DEG, MAX_POSE_DEG)  # 8 stds at the widest: a guard, not a shape
 
 

@@ -338,6 +338,37 @@ def test_bad_inputs_raise_clear_errors() -> None:
     assert nonverbal_targets(None, np.zeros(0), 16000, 0, 25, 0).shape == (0, N_CHANNELS)
 
 
+def test_head_track_nods_on_stressed_peaks_causally() -> None:
+    """Nods as the targets make them from energy peaks: on the loud syllables of speech (upper 40 % of
+    the recent peaks), a frame after the peak, chin down, never in silence; causal (a frame's pose
+    does not depend on later levels) and only in headPitch."""
+    fps = 25
+    # 2 s of silence, then syllables every 8 frames (0.32 s): peaks alternate loud (0) and soft (-1.5)
+    levels = np.full(2 * fps + 8 * 30, -8.0)
+    speech = np.zeros(len(levels), bool)
+    speech[2 * fps :] = True
+    peaks = list(range(2 * fps + 4, len(levels), 8))
+    for k, p in enumerate(peaks):
+        levels[p - 3 : p + 4] = -3.0
+        levels[p - 1], levels[p], levels[p + 1] = -2.0, (0.0 if k % 2 == 0 else -1.5), -2.5
+    track = HeadTrack(5, fps)
+    nodding = track.values(speech, levels)
+    plain = HeadTrack(5, fps).values(speech)
+    nod = (nodding - plain)[:, 0]
+    np.testing.assert_array_equal(nodding[:, 1:], plain[:, 1:])  # yaw and roll untouched
+    assert np.all(nod >= 0) and not nod[: 2 * fps].any()  # chin down; nothing in silence
+    assert track.nods == len(peaks[4::2])  # the loud peaks once the stress threshold has history
+    for p in peaks[4::2]:  # each starts a frame after its peak (once the level has dipped), then rises
+        assert nod[p] == 0 and nod[p + 1] < nod[p + 3] and 0.1 < nod[p + 1 : p + 10].max() < 1.0, nod[
+            p : p + 10
+        ]
+    # causal: the first frames do not change when the levels after them do
+    other = levels.copy()
+    other[150:] = -8.0
+    np.testing.assert_array_equal(HeadTrack(5, fps).values(speech[:150], levels[:150]), nodding[:150])
+    np.testing.assert_array_equal(HeadTrack(5, fps).values(speech, other)[:150], nodding[:150])
+
+
 @pytest.mark.parametrize("fps", [25, 30])
 def test_head_track_is_smooth_anchored_and_wider_in_speech(fps: int) -> None:
     """The targets' head model run causally: seeded, smooth (no per-frame jitter), mean-reverting to
