@@ -739,9 +739,10 @@ class HeadTrack:
         self._rising = False  # after a dip, looking for the next peak
         self._top = (-np.inf, 0.0, False)  # the highest level since the dip: dB, time, speech
         self._low = np.inf  # the lowest level since the last peak (dB)
+        self._nodding: tuple[list[float], float] | None = None  # this rise's nod and its size draw
         self._last_peak = -np.inf
         self._peaks: deque[float] = deque(maxlen=NOD_HISTORY)
-        self._nods: list[tuple[float, float, float]] = []  # onset (s), amplitude (deg), length (s)
+        self._nods: list[list[float]] = []  # onset (s), amplitude (deg), length (s)
         self.nods = 0  # nods started so far
         dt = 1.0 / float(fps)
         self._a = np.array([np.exp(-dt / tau) for _, tau, _ in HEAD_AXES])
@@ -783,37 +784,52 @@ class HeadTrack:
         return out
 
     def _nod(self, t: float, speech: bool, db: float) -> None:
-        """Start a nod when a stressed peak is confirmed (causal: once the level has fallen from it).
+        """Nod on a stressed syllable, starting as its level rises past the stress threshold.
 
         The targets' rule on energy peaks: a peak in speech, NOD_GAP_S after the last one, stressed
         when in the upper 40 % of the recent peaks; strength from how far above, the nod's size and
-        length drawn per event. A peak counts once the level has dipped NOD_DIP_DB below it (and
-        rose that much from the dip before it), which is usually the next frame; the nod starts then.
+        length drawn per event. Causal: the nod starts in the frame whose level first reaches the
+        threshold (the peak itself is known only once the level has fallen from it), and grows with
+        the level until the peak. A peak joins the recent ones once the level has dipped NOD_DIP_DB
+        below it, after rising that much from the dip before it.
         """
         if not self._rising:
             self._low = min(self._low, db)
             if db - self._low >= NOD_DIP_DB:
-                self._rising, self._top = True, (db, t, speech)
+                self._rising, self._top, self._nodding = True, (db, t, speech), None
+                self._start(t, speech, db)
             return
         if db > self._top[0]:
             self._top = (db, t, speech)
+            if self._nodding is None:
+                self._start(t, speech, db)
+            else:  # still rising: the nod grows with the peak
+                nod, amp_u = self._nodding
+                nod[1] = (0.5 + 1.1 * amp_u) * self._strength(db)
             return
         if self._top[0] - db < NOD_DIP_DB:
             return
         peak, t_peak, was_speech = self._top
-        self._rising, self._low = False, db
-        if not was_speech or t_peak - self._last_peak < NOD_GAP_S - 1e-9:
-            return
-        self._last_peak = t_peak
-        self._peaks.append(peak)
-        if len(self._peaks) <= NOD_MIN_HISTORY:
-            return
+        self._rising, self._low, self._nodding = False, db, None
+        if was_speech and t_peak - self._last_peak >= NOD_GAP_S - 1e-9:
+            self._last_peak = t_peak
+            self._peaks.append(peak)
+
+    def _strength(self, db: float) -> float:
         thresh = float(np.quantile(np.asarray(self._peaks), NOD_STRESS_QUANTILE))
-        if peak >= thresh:
-            strength = float(np.clip((peak - thresh) / 6.0 + 0.5, 0.3, 1.0))
-            amp_u, length_u = self._r_nod.uniform(size=2)  # fixed draws per event
-            self._nods.append((t, (0.5 + 1.1 * amp_u) * strength, 0.3 + 0.12 * length_u))
-            self.nods += 1
+        return float(np.clip((db - thresh) / 6.0 + 0.5, 0.3, 1.0))
+
+    def _start(self, t: float, speech: bool, db: float) -> None:
+        """Start this rise's nod if its level is already a stressed peak's."""
+        if not speech or len(self._peaks) <= NOD_MIN_HISTORY or t - self._last_peak < NOD_GAP_S - 1e-9:
+            return
+        if db < float(np.quantile(np.asarray(self._peaks), NOD_STRESS_QUANTILE)):
+            return
+        amp_u, length_u = self._r_nod.uniform(size=2)  # fixed draws per event
+        nod = [t, (0.5 + 1.1 * amp_u) * self._strength(db), 0.3 + 0.12 * length_u]
+        self._nods.append(nod)
+        self._nodding = (nod, float(amp_u))
+        self.nods += 1
 
     def values(
         self, speech: Sequence[bool] | np.ndarray, levels: Sequence[float] | np.ndarray | None = None

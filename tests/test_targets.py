@@ -340,8 +340,8 @@ def test_bad_inputs_raise_clear_errors() -> None:
 
 def test_head_track_nods_on_stressed_peaks_causally() -> None:
     """Nods as the targets make them from energy peaks: on the loud syllables of speech (upper 40 % of
-    the recent peaks), a frame after the peak, chin down, never in silence; causal (a frame's pose
-    does not depend on later levels) and only in headPitch."""
+    the recent peaks), from the frame whose level reaches the stress threshold, chin down, never in
+    silence; causal (a frame's pose does not depend on later levels) and only in headPitch."""
     fps = 25
     # 2 s of silence, then syllables every 8 frames (0.32 s): peaks alternate loud (0) and soft (-1.5)
     levels = np.full(2 * fps + 8 * 30, -8.0)
@@ -357,8 +357,9 @@ def test_head_track_nods_on_stressed_peaks_causally() -> None:
     nod = (nodding - plain)[:, 0]
     np.testing.assert_array_equal(nodding[:, 1:], plain[:, 1:])  # yaw and roll untouched
     assert np.all(nod >= 0) and not nod[: 2 * fps].any()  # chin down; nothing in silence
-    assert track.nods == len(peaks[4::2])  # the loud peaks once the stress threshold has history
-    for p in peaks[4::2]:  # each starts a frame after its peak (once the level has dipped), then rises
+    # the loud peaks once the stress threshold has history (more than 4 peaks before them)
+    assert track.nods == len(peaks[6::2])
+    for p in peaks[6::2]:  # each starts at its peak (the first frame above the threshold), then rises
         assert nod[p] == 0 and nod[p + 1] < nod[p + 3] and 0.1 < nod[p + 1 : p + 10].max() < 1.0, nod[
             p : p + 10
         ]

@@ -191,8 +191,9 @@ def nod_stats(model, corpus: Path, prompts: int, seeds: int = 3, gap_s: float = 
     """The head process's nods on held-out real speech against the targets' stressed vowels.
 
     The prompts are joined with ``gap_s`` of silence into one stream, as a session hears them (the
-    stress threshold runs over the recent peaks). A nod is a hit when it starts between 0.1 s before
-    and 0.3 s after a stressed vowel's onset; chance is the hit rate of the same nods 0.7 s later.
+    stress threshold runs over the recent peaks). A nod is a hit when it starts within 0.2 s of a
+    stressed vowel's onset (the targets' nods start 80 ms before it); chance is the hit rate of the
+    same nods 0.7 s later.
     """
     from realtime.evaluate import _spread, load_manifest, read_audio
     from realtime.features import logmel, resample
@@ -217,8 +218,8 @@ def nod_stats(model, corpus: Path, prompts: int, seeds: int = 3, gap_s: float = 
     st = np.asarray(stressed)
 
     def hits(onsets: np.ndarray) -> tuple[np.ndarray, int]:
-        lags = np.array([o - st[st <= o + 0.1].max() for o in onsets if (st <= o + 0.1).any()])
-        return lags[(lags >= -0.1) & (lags <= 0.3)], len(lags)
+        lags = np.array([o - st[st <= o + 0.2].max() for o in onsets if (st <= o + 0.2).any()])
+        return lags[(lags >= -0.2) & (lags <= 0.2)], len(lags)
 
     rates, precision, recall, lag, chance = [], [], [], [], []
     for seed in range(seeds):
@@ -234,7 +235,7 @@ def nod_stats(model, corpus: Path, prompts: int, seeds: int = 3, gap_s: float = 
         rates.append(len(o) / (speech.sum() / fps / 60))
         precision.append(len(got) / max(total, 1))
         chance.append(len(late) / max(late_total, 1))
-        recall.append(float(np.mean([((o >= s - 0.1) & (o <= s + 0.3)).any() for s in st])))
+        recall.append(float(np.mean([((o >= s - 0.2) & (o <= s + 0.2)).any() for s in st])))
         lag.append(float(np.median(got)) if len(got) else float("nan"))
     return {
         "prompts": len(utts),
@@ -338,7 +339,8 @@ def blink_report(
             "",
             f"Nods of the head process (`head_process`), causal, on {nods['prompts']} held-out Allison prompts "
             f"joined into one stream ({nods['speech_min']:.1f} min of speech), seeds 0-2, against the targets' "
-            "stressed vowels (a hit: the nod starts 0.1 s before to 0.3 s after the vowel's onset; chance: "
+            "stressed vowels (a hit: the nod starts within 0.2 s of the vowel's onset, where the targets' start "
+            "80 ms before it; chance: "
             "the same nods 0.7 s later):",
             "",
             "| nods / speech min | stressed vowels / speech min | hits (precision) | chance | vowels nodded (recall) "
