@@ -44,6 +44,12 @@ class Metrics:
         self.frames_dropped = Counter(
             "avatar_video_frames_dropped_total", "Late frames replaced by a repeat", registry=r
         )
+        self.playout_delay_changes = Counter(
+            "avatar_playout_delay_changes_total",
+            "Adaptive playout delay steps: raised (frames came late) or lowered (early again)",
+            ["direction"],
+            registry=r,
+        )
         self.session_fps = Histogram(
             "avatar_session_fps",
             "Delivered fps per session, sampled each second",

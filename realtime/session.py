@@ -454,7 +454,9 @@ class LiveSession:
         if self.video.first_sent_at is None:
             return  # the first frame leaves at once, whatever the clock says
         before = self.clock.delay
-        if self.playout.observe(slack, now, quiet=now - self._last_speech > QUIET_FOR):
+        change = self.playout.observe(slack, now, quiet=now - self._last_speech > QUIET_FOR)
+        if change:
+            self.metrics.playout_delay_changes.labels(direction="raised" if change > 0 else "lowered").inc()
             self.log.info(
                 "playout delay %.0f -> %.0f ms (frame ready %.0f ms before its send time)",
                 before * 1000,

@@ -244,8 +244,8 @@ async def test_playout_delay_rises_instead_of_repeating_when_compute_stalls(serv
     """Every fourth frame's compute stalls 50 ms (a host short of CPU now and then). With the delay
     fixed, the stalls repeat frames throughout; the adaptive delay rises after the first late frames,
     and the frames after them are sent, not repeated."""
-    url, app, _ = await serve(live={"latency_margin_max_ms": 150.0})  # room above any test host's need
-    drops, stalls, info = await _stalled_session(url, app)
+    url, app_adaptive, _ = await serve(live={"latency_margin_max_ms": 150.0})  # room above any host's need
+    drops, stalls, info = await _stalled_session(url, app_adaptive)
     url, app, _ = await serve(live={"latency_margin_max_ms": 50.0})
     fixed_drops, fixed_stalls, fixed_info = await _stalled_session(url, app)
     keys = ("frames_dropped_by_cause", "frame_slack_ms", "pipeline_delay_history", "frames_skipped_late")
@@ -258,6 +258,8 @@ async def test_playout_delay_rises_instead_of_repeating_when_compute_stalls(serv
     assert fixed_info["pipeline_delay_changes"] == {"raised": 0, "lowered": 0}
     assert info["pipeline_delay_changes"]["raised"] >= 1, report
     assert info["pipeline_delay_range_ms"][0] < info["pipeline_delay_ms"], report
+    raised = _metric_values(app_adaptive[METRICS_KEY].exposition().decode())
+    assert raised['avatar_playout_delay_changes_total{direction="raised"}'] >= 1
     assert fixed_drops >= 0.4 * fixed_stalls, report  # the stalls do repeat frames at a fixed delay ...
     assert drops <= 0.3 * fixed_drops, report  # ... and far fewer once the delay has risen
 
