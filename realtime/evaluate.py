@@ -15,6 +15,9 @@ Per 40 ms frame (25 fps; frame n shows audio time n / fps), on held-out utteranc
   :func:`realtime.targets.mouth_targets`), pooled over utterances, searched within +-200 ms and
   refined below one frame by parabolic interpolation. Positive = the prediction is late.
 * **Pearson correlation** of predicted and target aperture, over all frames.
+* For the model and the oracle, per mouth channel: Pearson r against its target, and **rounding
+  AUC**: lip rounding (mean of funnel and pucker) as a score for frames of rounded phones (/uw uh
+  ow ao oy w/) against front vowels (/iy ih ey eh ae/), guarded like the open/closed labels.
 
 The same figures are computed for a plain loudness baseline (the RMS envelope, normalised per
 utterance, used as the aperture) and for the oracle (the targets fed back in), which checks the
@@ -375,18 +378,48 @@ def score(
 
 
 ROUNDING = ("mouthFunnel", "mouthPucker")
+ROUNDED = CLASSES["rounded"]  # uw uh ow ao oy and w: the lips should round
+SPREAD = CLASSES["front"]  # iy ih ey eh ae: they should not
 
 
-def channel_scores(mouth: Sequence[np.ndarray], targets: Sequence[np.ndarray]) -> dict[str, object]:
+def rounding_labels(
+    phones: Sequence[Sequence[object]], n_frames: int, fps: float, guard_s: float = LABEL_GUARD_S
+) -> np.ndarray:
+    """Per frame: 1 inside a rounded phone, 0 inside a front (spread) vowel, -1 elsewhere (and near edges)."""
+    labels = np.full(int(n_frames), -1, dtype=np.int8)
+    t = np.arange(int(n_frames)) / float(fps)
+    for item in phones:
+        phone, s, e = normalize(item[0]), float(item[1]), float(item[2])  # type: ignore[arg-type]
+        cls = 1 if phone in ROUNDED else 0 if phone in SPREAD else -1
+        if cls >= 0:
+            labels[(t >= s + guard_s) & (t < e - guard_s)] = cls
+    return labels
+
+
+def channel_scores(
+    mouth: Sequence[np.ndarray],
+    targets: Sequence[np.ndarray],
+    phones: Sequence[Sequence[Sequence[object]]] | None = None,
+    fps: float = 25.0,
+) -> dict[str, object]:
     """Pearson r of each mouth channel against its target over all frames, their mean, and the
-    rounding channels' mean (lip rounding, which the aperture does not see)."""
+    rounding channels' mean (lip rounding, which the aperture does not see). With ``phones``, also
+    ``rounding_auc``: the rounding channels' mean as a score for rounded against front-vowel frames
+    (does the mouth round on /uw/ /ow/ /w/ and not on /iy/ /eh/; 0.5 is chance)."""
     pred, tg = np.concatenate(list(mouth)), np.concatenate(list(targets))
     r = {name: pearson(pred[:, i], tg[:, i]) for i, name in enumerate(MOUTH_CHANNELS)}
-    return {
+    out: dict[str, object] = {
         "channel_r": {k: round(v, 4) for k, v in r.items()},
         "mouth_r_mean": float(np.nanmean(list(r.values()))),
         "rounding_r": float(np.nanmean([r[k] for k in ROUNDING])),
     }
+    if phones is not None:
+        lab = np.concatenate([rounding_labels(ph, len(m), fps) for m, ph in zip(mouth, phones, strict=True)])
+        rounding = pred[:, [MOUTH_CHANNELS.index(c) for c in ROUNDING]].mean(axis=1)
+        sel = lab >= 0
+        out["rounding_auc"] = roc_auc(lab[sel] == 1, rounding[sel])
+        out["rounding_frames"] = {"rounded": int((lab == 1).sum()), "spread": int((lab == 0).sum())}
+    return out
 
 
 def _load_generator(model_dir: Path, backend: str) -> tuple[object, object, object]:
@@ -445,8 +478,8 @@ def _predict_all(
             col.labels.append(labels)
             col.phones.append(utt.phones)
             col.sources.append(utt.source)
-            if name == "model":
-                col.mouth.append(mouth)
+            if name in ("model", "oracle"):  # the oracle's channels are the targets': checks the metric
+                col.mouth.append(mouth if name == "model" else full_target[:, : len(MOUTH_CHANNELS)])
                 col.mouth_targets.append(full_target[:, : len(MOUTH_CHANNELS)])
         if (i + 1) % 25 == 0 or i + 1 == len(utts):
             print(
@@ -558,7 +591,7 @@ def evaluate(
                 col.preds, col.targets, col.labels, col.phones, fps, thr
             )
             if col.mouth:
-                groups[group][system].update(channel_scores(col.mouth, col.mouth_targets))
+                groups[group][system].update(channel_scores(col.mouth, col.mouth_targets, col.phones, fps))
             if system == "oracle":
                 continue
             for source in sorted(set(col.sources)):
@@ -603,8 +636,14 @@ def format_table(report: dict) -> str:
             )
     rows = [(g, s["model"]) for g, s in report["groups"].items() if "mouth_r_mean" in s.get("model", {})]
     if rows:
-        lines.append("model, r of the 14 mouth channels against their targets (mean / lip rounding):")
-        lines += [f"  {g}: {m['mouth_r_mean']:.3f} / {m['rounding_r']:.3f}" for g, m in rows]
+        lines.append(
+            "model, r of the 14 mouth channels against their targets (mean / lip rounding), and lip rounding's"
+            " AUC on rounded against front-vowel frames:"
+        )
+        lines += [
+            f"  {g}: {m['mouth_r_mean']:.3f} / {m['rounding_r']:.3f}, AUC {m.get('rounding_auc', float('nan')):.3f}"
+            for g, m in rows
+        ]
     return "\n".join(lines)
 
 

@@ -277,7 +277,7 @@ def test_evaluate_runs_a_real_model(tmp_path: Path, stream: bool) -> None:
         n = len(signals[group]["oracle"].preds[0])
         assert len(signals[group]["model"].preds[0]) == n
         # every mouth channel is scored, the rounding ones too (the aperture leaves them out)
-        assert set(m["channel_r"]) == set(MOUTH_CHANNELS) and "rounding_r" in m
+        assert set(m["channel_r"]) == set(MOUTH_CHANNELS) and "rounding_r" in m and "rounding_auc" in m
         assert signals[group]["model"].mouth[0].shape == (n, len(MOUTH_CHANNELS))
         assert "channel_r" not in report["groups"][group]["baseline"]
     assert "model" in report["thresholds"]
@@ -295,3 +295,21 @@ def test_channel_scores() -> None:
     got = channel_scores([wrong], [target])
     assert abs(got["rounding_r"]) < 0.2 and got["channel_r"]["jawOpen"] > 0.999
     assert got["mouth_r_mean"] < 0.9
+
+
+def test_rounding_auc_scores_rounded_against_front_vowels() -> None:
+    from realtime.evaluate import channel_scores, rounding_labels
+
+    fps = 25
+    phones = [["sil", 0.0, 0.2], ["uw", 0.2, 0.6], ["t", 0.6, 0.7], ["iy", 0.7, 1.1], ["w", 1.1, 1.4]]
+    labels = rounding_labels(phones, 35, fps)
+    assert labels[8] == 1 and labels[20] == 0 and labels[31] == 1 and labels[2] == -1 and labels[16] == -1
+    rounded = np.zeros((35, len(MOUTH_CHANNELS)))
+    funnel, pucker = MOUTH_CHANNELS.index("mouthFunnel"), MOUTH_CHANNELS.index("mouthPucker")
+    rounded[labels == 1, funnel] = 0.6
+    rounded[labels == 1, pucker] = 0.4
+    assert channel_scores([rounded], [rounded], [phones], fps)["rounding_auc"] == 1.0
+    spread = rounded.copy()
+    spread[:, [funnel, pucker]] = 0.5 * (labels == 0)[:, None]  # rounding on /iy/ instead
+    assert channel_scores([spread], [rounded], [phones], fps)["rounding_auc"] == 0.0
+    assert "rounding_auc" not in channel_scores([rounded], [rounded])
