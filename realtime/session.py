@@ -500,7 +500,7 @@ class LiveSession:
     def _compute(self, pcm: np.ndarray) -> tuple[list[ReadyFrame], float | None]:
         """Executor side: motion for the new audio, then render the frames that can still be on time.
 
-        Returns those frames and the slack (negative) of the latest frame skipped as too late, if any.
+        Returns those frames and the slack (negative) of the latest of the frames skipped as too late.
         """
         t = time.perf_counter()
         motions: list[MotionFrame] = self.stream.push(pcm, RATE)
