@@ -442,6 +442,7 @@ async def measure(
             "pipeline_delay_ms_end": [i.get("pipeline_delay_ms") for i in infos],
             "pipeline_delay_max_ms": [i.get("pipeline_delay_max_ms") for i in infos],
             "pipeline_delay_changes": [i.get("pipeline_delay_changes") for i in infos],
+            "pipeline_delay_history": [i.get("pipeline_delay_history") for i in infos],
             "av_offset_p50_ms": round(float(np.median(av)) * 1000, 1) if len(av) else None,
             # mouth-vs-voice offset in the first and the second half of the run: its drift
             "av_offset_p50_ms_first_second_half": [
