@@ -64,11 +64,13 @@ class AdaptiveDelay:
 
     On a shared or busy host a frame's compute sometimes takes several times its CPU time (the
     thread waits for a core or the GIL). A frame ready more than the video track's grace after
-    its send time repeats the last one: a visible stutter. One such frame now and then is not
-    worth more latency; frames late again and again are. So when a frame is ready later than
-    ``low`` (default: 8 ms late, half that grace) and another was within ``window`` seconds, the
-    delay rises by this one's lateness, rounded up to ``step``s, up to ``ceiling``: frames then
-    leave later instead of repeating. Audio and video share the clock, so lips and voice stay
+    its send time repeats the last one: a visible stutter. One stall now and then is not worth
+    more latency (the frames it made late have repeated already); stalls again and again, or a
+    host too slow for many frames in a row, are. A frame is late when it is ready later than
+    ``low`` (default: 8 ms late, half that grace); late frames less than ``episode_gap`` apart are
+    one episode. When an episode starts within ``window`` seconds of the last late frame, or one
+    reaches ``sustained`` late frames, the delay rises by this frame's lateness, rounded up to
+    ``step``s, up to ``ceiling``: frames then leave later instead of repeating. Audio and video share the clock, so lips and voice stay
     together; the peer's jitter buffer absorbs the step. After ``settle`` seconds in which every
     frame was ready at least a step before its send time, and only while the input is quiet (the
     voice then loses milliseconds of silence, not of a word), it lowers one step, never below
@@ -84,6 +86,8 @@ class AdaptiveDelay:
         step: float = 0.010,
         low: float = -0.008,
         window: float = 2.0,
+        episode_gap: float = 0.25,
+        sustained: int = 4,
         settle: float = 5.0,
     ) -> None:
         self.clock = clock
@@ -92,6 +96,8 @@ class AdaptiveDelay:
         self.step = step
         self.low = low
         self.window = window
+        self.episode_gap = episode_gap
+        self.sustained = sustained
         self.settle = settle
         self.raised = 0
         self.lowered = 0
@@ -99,6 +105,7 @@ class AdaptiveDelay:
         # (timeline seconds, new delay) of every change, the last 64: which delay held when
         self.changes: deque[tuple[float, float]] = deque(maxlen=64)
         self._late_at: float | None = None  # when a frame was last later than ``low``
+        self._episode_late = 0  # late frames in the current episode
         self._calm_since: float | None = None  # since when every frame had a step to spare
 
     def observe(self, slack: float, now: float, *, quiet: bool) -> float:
@@ -106,8 +113,13 @@ class AdaptiveDelay:
         if self._calm_since is None or slack < self.step:
             self._calm_since = now
         if slack < self.low:
-            again = self._late_at is not None and now - self._late_at <= self.window
+            gap = math.inf if self._late_at is None else now - self._late_at
             self._late_at = now
+            if gap > self.episode_gap:  # a new stall
+                self._episode_late, again = 1, gap <= self.window
+            else:
+                self._episode_late += 1
+                again = self._episode_late >= self.sustained
             room = self.ceiling - self.clock.delay
             if again and room > 1e-9:
                 steps = math.ceil(-slack / self.step - 1e-9)  # enough for this frame to have been on time

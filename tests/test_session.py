@@ -132,12 +132,12 @@ def test_adaptive_delay_rises_with_late_frames_and_falls_only_in_quiet_input() -
     # late again within 2 s: raised by its lateness, 12 ms rounded up to two 10 ms steps
     assert playout.observe(-0.012, 4.0, quiet=False) == pytest.approx(0.02)
     assert clock.delay == pytest.approx(0.12) and playout.changes[-1] == (pytest.approx(4.0 - 0.12), 0.12)
-    assert playout.observe(-0.2, 4.1, quiet=False) == pytest.approx(0.03)  # never past the ceiling
-    assert clock.delay == pytest.approx(0.15) and playout.observe(-0.2, 4.2, quiet=False) == 0.0
+    assert playout.observe(-0.2, 4.4, quiet=False) == pytest.approx(0.03)  # never past the ceiling
+    assert clock.delay == pytest.approx(0.15) and playout.observe(-0.2, 4.6, quiet=False) == 0.0
     # early frames again: the delay comes down a step per settle time, and only in quiet input
-    assert playout.observe(0.03, 9.0, quiet=True) == 0.0  # the late frame at 4.2 s was too recent
-    assert playout.observe(0.03, 9.5, quiet=False) == 0.0
-    assert playout.observe(0.03, 9.5, quiet=True) == pytest.approx(-0.01)
+    assert playout.observe(0.03, 9.5, quiet=True) == 0.0  # the late frame at 4.6 s was too recent
+    assert playout.observe(0.03, 9.7, quiet=False) == 0.0
+    assert playout.observe(0.03, 9.7, quiet=True) == pytest.approx(-0.01)
     assert playout.observe(0.03, 10.0, quiet=True) == 0.0  # settle time starts again
     assert playout.observe(0.005, 14.0, quiet=True) == 0.0  # one frame with less than a step to spare
     assert playout.observe(0.03, 18.9, quiet=True) == 0.0  # ... holds it for the settle time
@@ -146,6 +146,11 @@ def test_adaptive_delay_rises_with_late_frames_and_falls_only_in_quiet_input() -
         playout.observe(0.05, 25.0 + 6 * k, quiet=True)
     assert clock.delay == pytest.approx(0.10)  # never below the floor
     assert (playout.raised, playout.lowered, playout.highest) == (2, 5, pytest.approx(0.15))
+    # one stall makes a few frames in a row late: not worth more latency ...
+    stalls = AdaptiveDelay(PlayoutClock(t0=0.0, delay=0.10), 0.10, 0.20)
+    assert sum(stalls.observe(-0.03, 1.0 + 0.04 * k, quiet=False) for k in range(3)) == 0.0
+    # ... but a host too slow for a fourth frame in a row is
+    assert stalls.observe(-0.025, 1.12, quiet=False) == pytest.approx(0.03)
 
 
 async def test_video_track_follows_a_raised_delay_without_repeats() -> None:
