@@ -33,7 +33,7 @@ import math
 import sys
 import time
 import wave
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -203,11 +203,24 @@ def frame_labels(
     Frames closer than ``guard_s`` to either edge of their segment are transitions (the lips are
     still closing or releasing) and are left out (-1), whatever the system scored.
     """
+    return _class_labels(phones, n_frames, fps, VOWELS, BILABIALS, guard_s)
+
+
+def _class_labels(
+    phones: Sequence[Sequence[object]],
+    n_frames: int,
+    fps: float,
+    positive: Collection[str],
+    negative: Collection[str],
+    guard_s: float,
+) -> np.ndarray:
+    """Per frame: 1 inside a ``positive`` phone, 0 inside a ``negative`` one, -1 elsewhere and
+    within ``guard_s`` of a segment's edges."""
     labels = np.full(int(n_frames), -1, dtype=np.int8)
     t = np.arange(int(n_frames)) / float(fps)
     for item in phones:
         phone, s, e = normalize(item[0]), float(item[1]), float(item[2])  # type: ignore[arg-type]
-        cls = 1 if phone in VOWELS else 0 if phone in BILABIALS else -1
+        cls = 1 if phone in positive else 0 if phone in negative else -1
         if cls >= 0:
             labels[(t >= s + guard_s) & (t < e - guard_s)] = cls
     return labels
@@ -386,14 +399,7 @@ def rounding_labels(
     phones: Sequence[Sequence[object]], n_frames: int, fps: float, guard_s: float = LABEL_GUARD_S
 ) -> np.ndarray:
     """Per frame: 1 inside a rounded phone, 0 inside a front (spread) vowel, -1 elsewhere (and near edges)."""
-    labels = np.full(int(n_frames), -1, dtype=np.int8)
-    t = np.arange(int(n_frames)) / float(fps)
-    for item in phones:
-        phone, s, e = normalize(item[0]), float(item[1]), float(item[2])  # type: ignore[arg-type]
-        cls = 1 if phone in ROUNDED else 0 if phone in SPREAD else -1
-        if cls >= 0:
-            labels[(t >= s + guard_s) & (t < e - guard_s)] = cls
-    return labels
+    return _class_labels(phones, n_frames, fps, ROUNDED, SPREAD, guard_s)
 
 
 def channel_scores(
