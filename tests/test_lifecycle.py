@@ -261,7 +261,7 @@ async def test_playout_delay_rises_instead_of_repeating_when_compute_stalls(serv
     raised = _metric_values(app_adaptive[METRICS_KEY].exposition().decode())
     assert raised['avatar_playout_delay_changes_total{direction="raised"}'] >= 1
     assert fixed_drops >= 0.4 * fixed_stalls, report  # the stalls do repeat frames at a fixed delay ...
-    assert drops <= 0.3 * fixed_drops, report  # ... and far fewer once the delay has risen
+    assert drops <= 0.4 * fixed_drops, report  # ... and far fewer once the delay has risen
 
 
 # -- regressions for two defects found here and fixed in the live path (f7f3e82) --
