@@ -232,9 +232,8 @@ class LiveSession:
         chunk_ms = getattr(self.stream, "chunk_frames", 1) * 1000.0 / self.fps
         self.model_delay = max(0.0, float(self.stream.latency_ms) - chunk_ms) / 1000.0
         floor = self.model_delay + max(0.0, margin_ms) / 1000.0
-        ceiling = (
-            floor if margin_max_ms is None else self.model_delay + max(margin_ms, margin_max_ms) / 1000.0
-        )
+        # AdaptiveDelay never lets the ceiling fall below the floor
+        ceiling = floor if margin_max_ms is None else self.model_delay + margin_max_ms / 1000.0
         self.clock = PlayoutClock(t0=time.monotonic(), delay=floor)
         self.playout = AdaptiveDelay(self.clock, floor, ceiling)
         self.ingest = AudioIngest()

@@ -742,6 +742,7 @@ class HeadTrack:
         self._nodding: tuple[list[float], float] | None = None  # this rise's nod and its size draw
         self._last_peak = -np.inf
         self._peaks: deque[float] = deque(maxlen=NOD_HISTORY)
+        self._thresh = np.inf  # the stress threshold over the recent peaks (none before enough of them)
         self._nods: list[list[float]] = []  # onset (s), amplitude (deg), length (s)
         self.nods = 0  # nods started so far
         dt = 1.0 / float(fps)
@@ -814,16 +815,15 @@ class HeadTrack:
         if was_speech and t_peak - self._last_peak >= NOD_GAP_S - 1e-9:
             self._last_peak = t_peak
             self._peaks.append(peak)
+            if len(self._peaks) > NOD_MIN_HISTORY:
+                self._thresh = float(np.quantile(np.asarray(self._peaks), NOD_STRESS_QUANTILE))
 
     def _strength(self, db: float) -> float:
-        thresh = float(np.quantile(np.asarray(self._peaks), NOD_STRESS_QUANTILE))
-        return float(np.clip((db - thresh) / 6.0 + 0.5, 0.3, 1.0))
+        return float(np.clip((db - self._thresh) / 6.0 + 0.5, 0.3, 1.0))
 
     def _start(self, t: float, speech: bool, db: float) -> None:
         """Start this rise's nod if its level is already a stressed peak's."""
-        if not speech or len(self._peaks) <= NOD_MIN_HISTORY or t - self._last_peak < NOD_GAP_S - 1e-9:
-            return
-        if db < float(np.quantile(np.asarray(self._peaks), NOD_STRESS_QUANTILE)):
+        if not speech or db < self._thresh or t - self._last_peak < NOD_GAP_S - 1e-9:
             return
         amp_u, length_u = self._r_nod.uniform(size=2)  # fixed draws per event
         nod = [t, (0.5 + 1.1 * amp_u) * self._strength(db), 0.3 + 0.12 * length_u]

@@ -70,11 +70,12 @@ class AdaptiveDelay:
     ``low`` (default: 8 ms late, half that grace); late frames less than ``episode_gap`` apart are
     one episode. When an episode starts within ``window`` seconds of the last late frame, or one
     reaches ``sustained`` late frames, the delay rises by this frame's lateness, rounded up to
-    ``step``s, up to ``ceiling``: frames then leave later instead of repeating. Audio and video share the clock, so lips and voice stay
-    together; the peer's jitter buffer absorbs the step. After ``settle`` seconds in which every
-    frame was ready at least a step before its send time, and only while the input is quiet (the
-    voice then loses milliseconds of silence, not of a word), it lowers one step, never below
-    ``floor``. With ``ceiling`` equal to ``floor`` the delay is fixed.
+    ``step``s, up to ``ceiling``: frames then leave later instead of repeating. Audio and video
+    share the clock, so lips and voice stay together; the peer's jitter buffer absorbs the step.
+    After ``settle`` seconds in which every frame was ready at least a step before its send time,
+    and only while the input is quiet (the voice then loses milliseconds of silence, not of a
+    word), it lowers one step, never below ``floor``. With ``ceiling`` equal to ``floor`` the
+    delay is fixed.
     """
 
     def __init__(
