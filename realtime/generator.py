@@ -95,6 +95,10 @@ SPEECH_REL = -3.5  # frame energy within ~15 dB of the running speech level coun
 # than a stop closure or a short pause inside a phrase, so speech itself is never touched.
 MOUTH_REST_AFTER_S = 0.2
 MOUTH_RELEASE_S = 0.06
+# After this long without speech the mouth gain is below 0.007 (exp(-5)): the network's mouth no
+# longer shows. With blinks and head from their processes only its brows would, and those hold
+# still in silence (std 0.003), so windows wholly in such a pause skip the denoiser (idle).
+IDLE_AFTER_S = MOUTH_REST_AFTER_S + 5 * MOUTH_RELEASE_S
 FPS_RANGE = (10, 60)
 ONNX_AUDIO = "audio_encoder.onnx"
 ONNX_DENOISER = "denoiser.onnx"
@@ -394,6 +398,11 @@ class _Core:
         self.rest_after = MOUTH_REST_AFTER_S * fps
         self.release = 1.0 / (MOUTH_RELEASE_S * fps)
         self.mouth_rest = neutral()[MOUTH]
+        # idle windows need every channel the network would still show to come from elsewhere
+        self.idle_after = (
+            IDLE_AFTER_S * fps if self.blinks is not None and self.head is not None else math.inf
+        )
+        self.idle_frames = 0  # frames made without the denoiser
 
     def mouth_gain(self, speech: bool) -> float:
         """1 in speech and shortly after it, then decaying to 0 (mouth at rest) in silence."""
@@ -420,6 +429,8 @@ class _Core:
         speech = levels > SPEECH_REL
         m = self.model
         n = len(audio)
+        if self.quiet >= self.idle_after and not speech.any():
+            return self._idle(first, audio, levels, speech)
         ctx = np.array(self.ctx, np.float32).reshape(-1, N_CHANNELS)
         ctx_a = np.array(self.ctx_audio, np.float32).reshape(-1, audio.shape[1])
         z = m.sample_window(
@@ -440,6 +451,30 @@ class _Core:
             out[i] = frame
             self.ctx.append(((frame - m.motion_mean) / m.motion_std).astype(np.float32))
             self.ctx_audio.append(audio[i])
+        return self._processes(out, first, speech, levels)
+
+    def _idle(self, first: int, audio: np.ndarray, levels: np.ndarray, speech: np.ndarray) -> np.ndarray:
+        """A window deep in a pause: the last context frame held, mouth at rest, no denoiser call.
+
+        What the network would add here is a mouth the gain discards and brows that hold still.
+        The held frame goes into the context, as the network's own would, so the first window of
+        the next word starts from a still, closed face, like the start of a stream.
+        """
+        m = self.model
+        held = self.ctx[-1]
+        frame = (held * m.motion_std + m.motion_mean).astype(np.float64)
+        frame[MOUTH] = self.mouth_rest
+        frame = clip_motion(frame)
+        out = np.repeat(frame[None].astype(np.float32), len(audio), axis=0)
+        for i in range(len(audio)):
+            self.mouth_gain(False)
+            self.ctx.append(held)
+            self.ctx_audio.append(audio[i])
+        self.idle_frames += len(audio)
+        return self._processes(out, first, speech, levels)
+
+    def _processes(self, out: np.ndarray, first: int, speech: np.ndarray, levels: np.ndarray) -> np.ndarray:
+        """Blinks and head from their processes, after the network's frames were kept as context."""
         if self.blinks is not None:
             out[:, BLINKS] = self.blinks.values(first, speech)
         if self.head is not None:
@@ -534,6 +569,11 @@ class MotionStream:
         self._speech: dict[int, bool] = {}
         self._resampler: StreamResampler | None = None
         self._new_segment(0)
+
+    @property
+    def idle_frames(self) -> int:
+        """Frames made deep in pauses without the denoiser (see ``IDLE_AFTER_S``)."""
+        return self._core.idle_frames
 
     @property
     def latency_ms(self) -> float:

@@ -379,6 +379,11 @@ def _schemas() -> dict[str, Any]:
                     "description": "p1/p5/p50 of how early frames were ready before their send time",
                     "additionalProperties": {"type": "number"},
                 },
+                "frames_idle": {
+                    "type": "integer",
+                    "nullable": True,
+                    "description": "motion frames made deep in pauses without the denoiser (cheaper)",
+                },
                 "pipeline_delay_ms": {
                     "type": "number",
                     "description": "the playout delay now (model lookahead + the adaptive margin)",

@@ -719,6 +719,7 @@ class LiveSession:
             "frames_dropped_by_cause": dict(self.stats.repeats),
             "frames_rendered": self.stats.frames_rendered,
             "frames_skipped_late": self.stats.frames_skipped_late,
+            "frames_idle": getattr(self.stream, "idle_frames", None),
             "sampler_steps": getattr(self.stream, "steps", None),
             "sampler_step_changes": self.stats.steps_changes,
             "audio_frames_in": self.stats.audio_frames_in,

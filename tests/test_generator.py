@@ -7,9 +7,10 @@ import math
 import numpy as np
 import pytest
 
+from realtime import generator
 from realtime.config import ROOT
 from realtime.generator import MotionControls, MotionModel, MotionStream, _Post, generate_motion
-from realtime.motion import CHANNEL_INDEX, MAX_POSE_DEG, MOUTH_CHANNELS, N_CHANNELS, POSE_CHANNELS
+from realtime.motion import CHANNEL_INDEX, CHANNELS, MAX_POSE_DEG, MOUTH_CHANNELS, N_CHANNELS, POSE_CHANNELS
 from realtime.targets import mouth_aperture
 
 MODEL_DIR = ROOT / "models" / "motion"
@@ -99,7 +100,8 @@ def test_streams_take_the_stream_guidance(model: MotionModel, speech_16k: np.nda
     counting = _counting_rows(model, rows)
     pcm = speech_16k[:8000]
     frames = _stream_all(counting, pcm, [320])
-    assert rows[:3] == [2, 1, 1] and rows.count(2) == len(frames) and len(rows) == 3 * len(frames)
+    # every frame the network makes (not idle ones in the pauses): a guided call, then two plain
+    assert 0 < len(rows) // 3 <= len(frames) and rows == [2, 1, 1] * (len(rows) // 3)
     rows.clear()
     generate_motion(counting, pcm, 16000)
     assert set(rows) == {1}
@@ -198,6 +200,38 @@ def test_the_mouth_comes_to_rest_after_speech(
         assert mouth[end:].max() < 0.05, (seed, mouth[end:].max())
 
 
+def test_pauses_idle_without_the_denoiser(
+    model: MotionModel, speech_16k: np.ndarray, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Deep in a pause (0.5 s after speech) a stream skips the denoiser: the mouth is at rest, the
+    brows hold, blinks and head go on, and the next word's lips are the ones a stream that never
+    idles makes."""
+    pcm = np.concatenate([speech_16k, np.zeros(3 * 16000, np.float32), speech_16k])
+    idle_rows: list[int] = []
+    stream = MotionStream(_counting_rows(model, idle_rows))
+    idling = np.array([f.values for i in range(0, pcm.size, 320) for f in stream.push(pcm[i : i + 320])])
+    monkeypatch.setattr(generator, "IDLE_AFTER_S", math.inf)
+    busy_rows: list[int] = []
+    never = MotionStream(_counting_rows(model, busy_rows))
+    busy = np.array([f.values for i in range(0, pcm.size, 320) for f in never.push(pcm[i : i + 320])])
+    idle = stream.idle_frames
+    assert never.idle_frames == 0 and idle >= 50  # most of the 3 s pause, and leading silence
+    assert len(busy_rows) - len(idle_rows) == 3 * idle  # an idle frame calls the denoiser no times
+    _in_range(idling)
+    # the pause: mouth at rest, brows still, blinks and head as without idling (their own processes)
+    n = len(speech_16k) * 25 // 16000
+    pause = slice(n + 20, n + 70)
+    assert np.abs(idling[pause][:, MOUTH]).max() < 1e-6
+    brows = [CHANNEL_INDEX[c] for c in ("browInnerUp", "browOuterUpLeft", "browOuterUpRight")]
+    assert np.ptp(idling[pause][:, brows], axis=0).max() == 0.0
+    np.testing.assert_allclose(idling[:, brows], busy[:, brows], atol=0.1)
+    others = [i for i in range(N_CHANNELS) if i in POSE or "Blink" in CHANNELS[i]]
+    np.testing.assert_array_equal(idling[:, others], busy[:, others])
+    # speech after the pause: the same lips within a few hundredths
+    mouth = np.abs(idling[:, MOUTH] - busy[:, MOUTH]).max(axis=1)
+    assert mouth.max() < 0.1 and np.percentile(mouth, 99) < 0.03, (mouth.max(), np.percentile(mouth, 99))
+
+
 def test_stream_motion_is_the_stream(model: MotionModel, speech_16k: np.ndarray) -> None:
     """What `avatar eval lipsync --stream` scores is exactly what a session's MotionStream emits,
     one frame per 1/fps of audio (44.1 kHz input resampled on the way, as live)."""
@@ -220,7 +254,9 @@ def _runs(mask: np.ndarray) -> np.ndarray:
     return edges[1::2] - edges[0::2]
 
 
-def test_streamed_blinks_are_natural(model: MotionModel, speech_16k: np.ndarray) -> None:
+def test_streamed_blinks_are_natural(
+    model: MotionModel, speech_16k: np.ndarray, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A minute of speech and silence, streamed: blinks at a natural rate that always open again,
     the same in a whole file, and nothing else changed by the blink process (issue 2)."""
     import copy
@@ -259,8 +295,11 @@ def test_streamed_blinks_are_natural(model: MotionModel, speech_16k: np.ndarray)
     whole = generate_motion(model, pcm, 16000)
     blinks = [CHANNEL_INDEX["eyeBlinkLeft"], CHANNEL_INDEX["eyeBlinkRight"]]
     np.testing.assert_array_equal(whole[:, blinks], motion[:, blinks])
-    # the blink process changes only the blink channels: mouth, brows and head are as before
+    # the blink process changes only the blink channels: mouth, brows and head are as before (without
+    # the blink process pauses cannot idle, so neither run idles here)
     assert model.config.blink_process
+    monkeypatch.setattr(generator, "IDLE_AFTER_S", math.inf)
+    whole = generate_motion(model, pcm, 16000)
     plain = copy.copy(model)
     plain.config = replace(model.config, blink_process=False)
     before = generate_motion(plain, pcm, 16000)
@@ -432,7 +471,7 @@ def test_streamed_lips_round_where_whole_files_do(model: MotionModel, speech_16k
 
 
 def test_head_process_moves_the_head_alike_in_streams_and_whole_files(
-    model: MotionModel, speech_16k: np.ndarray
+    model: MotionModel, speech_16k: np.ndarray, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """With ``head_process`` the head pose is the causal HeadTrack's: the same frames streamed or
     whole, alive (degrees of motion, not a still head), and nothing else in the frame changes."""
@@ -449,6 +488,9 @@ def test_head_process_moves_the_head_alike_in_streams_and_whole_files(
     streamed, whole = stream_motion(on, pcm, 16000), generate_motion(on, pcm, 16000)
     np.testing.assert_allclose(streamed[:, POSE], whole[:, POSE], atol=1e-5)
     assert 0.3 < float(streamed[:, POSE].std(axis=0).mean()) < 2.0
+    # without the head process pauses cannot idle: compare with a stream that does not idle either
+    monkeypatch.setattr(generator, "IDLE_AFTER_S", math.inf)
+    streamed = stream_motion(on, pcm, 16000)
     plain = stream_motion(off, pcm, 16000)
     rest = [i for i in range(plain.shape[1]) if i not in POSE]
     assert np.array_equal(plain[:, rest], streamed[:, rest])

@@ -427,6 +427,8 @@ async def measure(
             "frames_sent_server": [i.get("frames_sent") for i in infos],
             "frames_dropped_server": [i.get("frames_dropped") for i in infos],
             "frames_dropped_by_cause": [i.get("frames_dropped_by_cause") for i in infos],
+            # motion frames made in pauses without the denoiser
+            "frames_idle_server": [i.get("frames_idle") for i in infos],
             "frame_slack_ms": [i.get("frame_slack_ms") for i in infos],
             "audio_arrival_lag_ms": [i.get("audio_arrival_lag_ms") for i in infos],
             "pts_gaps_client": [p["pts_gaps"] for p in per],
