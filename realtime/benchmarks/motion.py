@@ -420,6 +420,55 @@ def precision_report(model_dir: Path, passes: int = 6) -> list[str]:
     return lines
 
 
+def idle_report(model_dir: Path, seconds: float = 40.0, passes: int = 4) -> list[str]:
+    """Streams that idle in pauses against streams that never do, interleaved: CPU and the lips.
+
+    The audio is ``avatar bench live``'s: short words after 1.2 s silences (sharp onsets).
+    """
+    import math
+    import tempfile
+
+    from realtime.benchmarks.live import make_speech
+    from realtime.generator import MOUTH, MotionModel, MotionStream
+
+    model = MotionModel.load(model_dir, backend="onnx")
+    model.warmup()
+    with tempfile.TemporaryDirectory() as tmp:
+        pcm, _ = make_speech(seconds, Path(tmp))
+    cpu: dict[str, list[float]] = {"idles": [], "never": []}
+    out: dict[str, np.ndarray] = {}
+    idle = 0
+    for _ in range(passes):
+        for arm in cpu:
+            stream = MotionStream(model)
+            if arm == "never":
+                stream._core.idle_after = math.inf
+            c, frames = time.thread_time(), []
+            for i in range(0, pcm.size, 320):  # 20 ms pushes, as a live session's packets
+                frames += stream.push(pcm[i : i + 320])
+            cpu[arm].append((time.thread_time() - c) / len(frames) * 1e3)
+            out[arm] = np.array([f.values for f in frames])
+            speech = np.array([f.speech for f in frames])
+            idle = max(idle, stream.idle_frames)
+    on, off = (float(np.median(cpu[a])) for a in ("idles", "never"))
+    diff = np.abs(out["idles"][:, MOUTH] - out["never"][:, MOUTH]).max(axis=1)
+    n = len(diff)
+    return [
+        f"### Pauses without the denoiser ({passes} interleaved passes, thread CPU, medians)",
+        "",
+        f"{seconds:.0f} s of `avatar bench live`'s words after 1.2 s silences, 20 ms pushes, 3 steps: "
+        f"{n} frames, {speech.mean():.0%} of them speech, {idle} ({idle / n:.0%}) made without the denoiser.",
+        "",
+        "| | never idle | idles in pauses (shipped) | ratio |",
+        "| --- | ---: | ---: | ---: |",
+        f"| streamed frame (ms) | {off:.2f} | {on:.2f} | {on / off:.2f} |",
+        "",
+        f"Mouth channels, idling against not, speech frames: largest difference {diff[speech].max():.3f}, "
+        f"99th percentile {np.percentile(diff[speech], 99):.3f}; pause frames {diff[~speech].max():.3f}.",
+        "",
+    ]
+
+
 def run(model_dir: Path, minutes: float, backends: list[str], repeats: int) -> str:
     """All measurements -> markdown."""
     import torch
@@ -529,7 +578,17 @@ def cli_main(argv: list[str]) -> int:
         action="store_true",
         help="only the int8-against-float denoiser comparison (onnx), to stdout",
     )
+    p.add_argument(
+        "--idle",
+        action="store_true",
+        help="only the pauses-without-the-denoiser comparison (onnx), to stdout",
+    )
     args = p.parse_args(argv)
+    if args.idle:
+        stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+        print(f"Command: `avatar bench motion --idle` ({stamp})\n")
+        print("\n".join(idle_report(Path(args.model))))
+        return 0
     if args.precision:
         stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
         print(f"Command: `avatar bench motion --precision` ({stamp})\n")
