@@ -619,6 +619,20 @@ class MotionStream:
         self._ingest(x)
         return self._run(final=False)
 
+    def samples_until_frame(self) -> int:
+        """16 kHz samples a :meth:`push` needs before it returns a frame: one with fewer returns none.
+
+        A caller that pays per call (a live session's executor hand-off) can hold smaller pieces of
+        audio back without delaying any frame. 0 while a resampler holds samples (not exact then).
+        """
+        if self._resampler is not None:
+            return 0
+        post, cf = self._post, self.chunk_frames
+        frames = max(1, post.n_out + post.hold + 1 - post.n_raw)  # a negative align_mouth holds some back
+        last = self._next + cf * -(-frames // cf) - 1 - self._seg_first  # the last frame to generate
+        need = (last_mel_index(last, self.fps, int(self.model.lookahead_ms)) + 1) * HOP
+        return max(0, need - self._samples)
+
     def _ready_frames(self) -> int:
         """How many frames from self._next have all their audio."""
         n_mel = self._mel_base + len(self._mel)

@@ -429,12 +429,17 @@ class LiveSession:
     # -- model + render -------------------------------------------------------
     async def _infer(self) -> None:
         loop = asyncio.get_running_loop()
+        parts: list[np.ndarray] = []
         while True:
-            first = await self._audio_q.get()
-            parts = [first.pcm]
+            parts.append((await self._audio_q.get()).pcm)
             while not self._audio_q.empty():
                 parts.append(self._audio_q.get_nowait().pcm)
+            if sum(len(p) for p in parts) < self.stream.samples_until_frame():
+                # no frame would come of it (a 20 ms packet, half a frame): it goes with the audio that
+                # completes one, which saves an executor hand-off without delaying any frame
+                continue
             pcm = np.concatenate(parts) if len(parts) > 1 else parts[0]
+            parts = []
             self._adapt_steps(len(pcm) / RATE)
             ready, skipped = await loop.run_in_executor(self.engine.executor, self._compute, pcm)
             now = time.monotonic()

@@ -232,6 +232,26 @@ def test_pauses_idle_without_the_denoiser(
     assert mouth.max() < 0.1 and np.percentile(mouth, 99) < 0.03, (mouth.max(), np.percentile(mouth, 99))
 
 
+@pytest.mark.parametrize("align_mouth", [0.0, -60.0])
+def test_samples_until_frame_says_which_pushes_return_frames(
+    model: MotionModel, speech_16k: np.ndarray, align_mouth: float
+) -> None:
+    """A push shorter than ``samples_until_frame()`` returns no frame, and one at least that long
+    returns one: a live session holds short packets back on that promise."""
+    rng = np.random.default_rng(3)
+    stream = MotionStream(model, controls=MotionControls(align_mouth=align_mouth))
+    pcm = np.concatenate([np.zeros(8000, np.float32), speech_16k[: 16000 * 2]])
+    i, got = 0, 0
+    while i + 1000 <= pcm.size:
+        n, need = int(rng.integers(1, 1000)), stream.samples_until_frame()
+        frames = stream.push(pcm[i : i + n])
+        assert (len(frames) > 0) == (n >= need), (i, n, need, len(frames))
+        i, got = i + n, got + len(frames)
+    assert got > 50
+    stream.push(np.zeros(100), 48000)  # another rate: the resampler's delay is not counted
+    assert stream.samples_until_frame() == 0
+
+
 def test_stream_motion_is_the_stream(model: MotionModel, speech_16k: np.ndarray) -> None:
     """What `avatar eval lipsync --stream` scores is exactly what a session's MotionStream emits,
     one frame per 1/fps of audio (44.1 kHz input resampled on the way, as live)."""
