@@ -83,8 +83,9 @@ class MotionConfig:
     # blink channels still feed its context, so every other channel is unchanged.
     blink_process: bool = True
     # Head pose comes from the targets' own head model and its nods, run causally
-    # (realtime.targets.HeadTrack), not from the sampler; the network's head still feeds its context. For weights whose streamed head
-    # motion is too small (a rollout fine-tune's: 0.21 deg std streamed, docs/bench/eval.md).
+    # (realtime.targets.HeadTrack), not from the sampler; the network's head still feeds its
+    # context. For weights whose streamed head motion is too small (a rollout fine-tune's: 0.21 deg
+    # std streamed, docs/bench/eval.md).
     head_process: bool = False
 
     def to_dict(self) -> dict:
