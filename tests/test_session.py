@@ -255,3 +255,38 @@ async def test_sampler_steps_drop_one_while_frames_come_late_and_come_back(engin
     session._adapt_steps(0.0)
     assert session.stream.steps == full and session.info()["sampler_step_changes"] == 3
     await session.aclose()
+
+
+def test_audio_packet_buffer_releases_each_packet_at_once() -> None:
+    """Every Opus packet is a whole frame: it leaves the buffer as it arrives (aiortc's own buffer
+    waits for the next one); a lost one holds nothing back; late and duplicate ones are dropped."""
+    from aiortc.rtp import RtpPacket
+
+    from realtime.live_api import AudioPacketBuffer
+
+    def packet(seq: int) -> RtpPacket:
+        p = RtpPacket(payload_type=111, sequence_number=seq & 0xFFFF, timestamp=(seq * 960) & 0xFFFFFFFF)
+        p._data = bytes([seq & 0xFF])  # what aiortc's depayloader leaves for the decoder
+        return p
+
+    buf = AudioPacketBuffer()
+    out = []
+    for seq in [65533, 65534, 65535, 0, 2, 1, 2, 3, 3, 10, 65000, 200]:
+        pli, frame = buf.add(packet(seq))
+        assert pli is False
+        out.append(None if frame is None else (frame.timestamp // 960, frame.data[0]))
+    assert out == [
+        (65533, 65533 & 0xFF),
+        (65534, 65534 & 0xFF),
+        (65535, 0xFF),
+        (0, 0),  # across the wrap
+        (2, 2),  # 1 is missing: 2 does not wait for it
+        None,  # 1 came after 2: too late (the ingest has filled its 20 ms with silence)
+        None,  # a duplicate
+        (3, 3),
+        None,
+        (10, 10),  # a burst of loss
+        (65000, 65000 & 0xFF),  # far behind: the sender restarted
+        (200, 200),
+    ]
+    assert buf.late == 3
