@@ -134,6 +134,8 @@ class AudioIngest:
         self._offset: int | None = None  # timeline position (48 kHz) minus frame pts (48 kHz)
         self._filled_since_real = False
         self._max_gap48 = int(max_gap * OUT_RATE)
+        self._next_pts48: int | None = None  # where the sender's next frame would start
+        self.after_gap = False  # the last frame came after a gap in the sender's time (DTX, loss)
         self.frames = 0
         self.gaps_filled = 0  # 16 kHz samples of silence inserted for lost packets
         self.reanchors = 0
@@ -152,7 +154,9 @@ class AudioIngest:
         x48 = self._resampler(mono)
         pts48 = self._pts48(frame, rate)
         chunks: list[AudioChunk] = []
+        self.after_gap = pts48 is not None and self._next_pts48 is not None and pts48 > self._next_pts48
         if pts48 is not None:
+            self._next_pts48 = pts48 + len(x48)
             if self._offset is None or self._filled_since_real:
                 self._reanchor(pts48)
             pos = pts48 + self._offset  # type: ignore[operator]

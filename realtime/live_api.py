@@ -105,6 +105,25 @@ def _use_audio_packet_buffer(pc: RTCPeerConnection) -> None:
             t.receiver._RTCRtpReceiver__jitter_buffer = AudioPacketBuffer()
 
 
+def _ask_for_dtx(pc: RTCPeerConnection) -> bool:
+    """Put ``usedtx=1`` on the answer's Opus (``live.uplink_dtx``): the peer may then stop sending in silence.
+
+    The session already treats gaps in the peer's audio as silence (the pump and the ingest fill
+    them on the session clock), so a browser's DTX costs nothing here but saves receiving,
+    decrypting and decoding 50 packets a second of silence. Returns False if Opus was not
+    negotiated or aiortc's private codec list is missing (nothing changes then).
+    """
+    done = False
+    for t in pc.getTransceivers():
+        if t.kind != "audio":
+            continue
+        for codec in getattr(t, "_codecs", None) or []:
+            if codec.mimeType.lower() == "audio/opus":
+                codec.parameters["usedtx"] = 1
+                done = True
+    return done
+
+
 async def offer(request: web.Request) -> web.Response:
     """Answer a WebRTC offer: ``{sdp, type, avatar?, params?}`` -> ``{sdp, type, session_id}``."""
     from realtime import ops
@@ -173,6 +192,8 @@ async def offer(request: web.Request) -> web.Response:
         if "audio" not in kinds:
             return _error(400, "the offer has no audio m-line: the avatar is driven by your audio track")
         _use_audio_packet_buffer(pc)
+        if config.live.uplink_dtx:
+            _ask_for_dtx(pc)
         pc.addTrack(session.audio)
         if "video" in kinds:
             pc.addTrack(session.video)

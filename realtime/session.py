@@ -65,6 +65,12 @@ VANISH_TIMEOUT = 4.0
 CONTROL_LABEL = "control"
 # Input stalls longer than this are filled with silence on the wall clock (idle avatar).
 STALL = 0.15
+# ... and this long once the last QUIET_FRAMES of input held no voice. A peer in DTX sends nothing in
+# a pause (a packet every 400 ms), and frames may wait only about the latency margin for their audio;
+# a quiet packet that comes later than this is placed after the fill, as after any stall.
+QUIET_STALL = 0.04
+QUIET_FRAMES = 5  # 100 ms; an Opus encoder enters DTX after 200 ms without voice
+RESUMED_FRAMES = 10  # packets in a row without a gap after which a quiet peer counts as sending again
 # How much of the stall the silence leaves unfilled, so resumed speech lands close to now.
 FILL_KEEP = 0.02
 # Real audio lands on the timeline up to about this late (FILL_KEEP, packetisation, jitter).
@@ -251,6 +257,7 @@ class LiveSession:
         self._closing: asyncio.Task[None] | None = None
         self._closed = asyncio.Event()
         self._last_real_audio = 0.0
+        self._in_a_row = 0  # audio frames since the last gap in the peer's RTP time
         self._last_speech = -math.inf  # when the input was last speech (the delay moves down only in quiet)
         self._late_at = -LATE_HOLD  # when a frame was last ready after its send time
         self._last_media = time.monotonic()
@@ -347,9 +354,10 @@ class LiveSession:
                 self.log.info("incoming audio ended")
                 return
             now = time.monotonic()
-            self._last_media = self._last_seen = self._last_real_audio = now
+            self._last_media = self._last_seen = now
             self.stats.audio_frames_in += 1
             if self._should_skip(frame, now):
+                self._last_real_audio = now
                 self.ingest.skip()
                 continue
             try:
@@ -359,6 +367,15 @@ class LiveSession:
                 continue
             for chunk in chunks:
                 self._on_audio(chunk, now)
+            self._in_a_row = 0 if self.ingest.after_gap else self._in_a_row + 1
+            if not self._quiet_input() or self._in_a_row >= RESUMED_FRAMES:
+                # quiet packets soon after a gap (a peer in DTX sends one or two per 400 ms) do not
+                # hold the fill back: the pause goes on, and frames must not wait for the next ones
+                self._last_real_audio = now
+
+    def _quiet_input(self) -> bool:
+        """The detector has heard no voice for QUIET_FRAMES: pauses in the input are filled sooner."""
+        return self.vad.unvoiced_run >= QUIET_FRAMES
 
     def _should_skip(self, frame: Any, now: float) -> bool:
         """Catch up when the timeline runs ahead of the wall clock (a burst after a network stall).
@@ -418,7 +435,8 @@ class LiveSession:
                 # the event loop itself stalled: audio may be queued behind us; let it land first,
                 # or the fill would push the timeline ahead and add the stall to the latency
                 continue
-            if now - self._last_real_audio < STALL:
+            stall = QUIET_STALL if self._quiet_input() else STALL
+            if now - self._last_real_audio < stall:
                 continue
             target = int((now - self.clock.t0 - FILL_KEEP) * RATE)
             missing = target - self.ingest.clock

@@ -58,6 +58,7 @@ class VoiceActivity:
         self.speech = False
         self.speech_frames = 0
         self.frames = 0
+        self.unvoiced_run = 0  # frames since the last voiced one (the state may still be speech)
 
     def classify(self, frame: np.ndarray) -> bool:
         """Update the state with one 20 ms frame (320 samples) and return it."""
@@ -67,6 +68,7 @@ class VoiceActivity:
             pcm16 = (np.clip(frame, -1.0, 1.0) * 32767.0).astype("<i2").tobytes()
             voiced = self._vad.is_speech(pcm16)
         self.frames += 1
+        self.unvoiced_run = 0 if voiced else self.unvoiced_run + 1
         if voiced:
             self.speech_frames += 1
             self._left = self._hang_frames
@@ -107,3 +109,4 @@ class VoiceActivity:
         self._left = 0
         self._buf = np.zeros(0, np.float32)
         self.speech = False
+        self.unvoiced_run = 0

@@ -498,3 +498,86 @@ async def test_input_ends_avatar_stays_alive_then_idle_timeout(
     finally:
         await client.close()
         await server.close()
+
+
+async def test_peer_in_dtx_gets_smooth_video_and_its_voice_back(
+    engine, test_config: Config, speech_16k
+) -> None:
+    """A peer that stops sending in silence (Opus DTX, which the answer asks for: one packet per
+    400 ms) gets frames at the full rate through its pauses, a mouth at rest there, and speech
+    after a pause that moves the mouth and comes back in the returned voice like the first."""
+    # a fixed playout delay, so the returned voice's delay can only move with the pauses
+    live = dataclasses.replace(test_config.live, latency_margin_max_ms=test_config.live.latency_margin_ms)
+    app = create_app(dataclasses.replace(test_config, live=live), engine=engine)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    url = str(server.make_url("")).rstrip("/")
+    one, two = speech_16k[: 2 * 16000], speech_16k[2 * 16000 : 4 * 16000]
+    assert len(two) == 2 * 16000
+    gap = np.zeros(3 * 16000, np.float32)
+    pcm = np.concatenate([gap[:8000], one, gap, two, gap[:16000]])
+    client = AvatarClient(url, pcm, 16000, dtx=True)
+    try:
+        answer = await client.connect()
+        opus = next(
+            line.split()[0].split(":")[1] for line in answer["sdp"].splitlines() if "opus/48000" in line
+        )
+        assert f"a=fmtp:{opus} usedtx=1" in answer["sdp"]
+        await client.wait_frames(1)
+        t0 = client.video[0].arrival
+        await asyncio.sleep(len(pcm) / 16000 + 0.5)
+        status, info = await session_info(url, client.session_id)
+        assert status == 200, info
+        sent_frames = client.track.frames_sent
+        span = client.video[-1].arrival - t0
+    finally:
+        await client.close()
+        await server.close()
+    # the peer really went quiet on the wire, and the session filled the pauses on its own clock
+    assert sent_frames < 0.75 * len(pcm) / 320, sent_frames
+    assert info["audio_frames_in"] >= sent_frames - 5 and info["silence_filled_s"] > 2.0, info
+    # frames kept coming at the frame rate through the pauses, none of them waiting for audio
+    assert len(client.video) > 0.9 * 25 * span, (len(client.video), span)
+    # (waiting 150 ms for the next packet would starve 2-4 frames at each of the ~15 DTX packets; a
+    # full garbage collection of this test process, 150-200 ms, may starve a few once)
+    assert info["frames_dropped_by_cause"].get("input", 0) <= 6, info["frames_dropped_by_cause"]
+    # the mouth moved for both utterances and rested in the pause between them
+    jaw = np.array([(t, msg["channels"]["jawOpen"]) for t, msg in client.motion if "channels" in msg])
+    started = client.track.started_at
+    at = jaw[:, 0] - started - info["pipeline_delay_ms"] / 1000
+    first = (at > 0.6) & (at < 2.4)
+    pause = (at > 3.2) & (at < 5.2)
+    second = (at > 5.6) & (at < 7.4)
+    assert jaw[first, 1].max() > 0.2 and jaw[second, 1].max() > 0.2, (
+        jaw[first, 1].max(),
+        jaw[second, 1].max(),
+    )
+    assert jaw[pause, 1].max() < 0.05, jaw[pause, 1].max()
+    # the voice after the pause comes back with the delay of the voice before it (within a fill step)
+    got, _ = client.audio_pcm()
+    sent = client.track.pcm48
+    lags = []
+    for s0, s1 in ((24000, 120000), (264000, 360000)):  # each utterance at 48 kHz
+        lag, _ = best_lag(
+            np.where((np.arange(len(sent)) >= s0) & (np.arange(len(sent)) < s1), sent, 0.0), got
+        )
+        a, b = got[s0 + lag : s1 + lag], sent[s0:s1]
+        assert len(a) == len(b) and np.dot(a, b) / (np.linalg.norm(a) * np.linalg.norm(b)) > 0.6, lag
+        lags.append(lag)
+    assert abs(lags[1] - lags[0]) <= 0.06 * 48000, lags
+
+
+async def test_answer_asks_for_dtx_only_when_configured(engine, test_config: Config) -> None:
+    live = dataclasses.replace(test_config.live, uplink_dtx=False)
+    app = create_app(dataclasses.replace(test_config, live=live), engine=engine)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    url = str(server.make_url("")).rstrip("/")
+    try:
+        status, body, _ = await post_offer(url, {"sdp": await client_offer(), "type": "offer"})
+        assert status == 200, body
+        assert "usedtx" not in body["sdp"] and "opus/48000" in body["sdp"]
+        async with aiohttp.ClientSession() as http:
+            await http.delete(f"{url}/sessions/{body['session_id']}")
+    finally:
+        await server.close()

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
+import av
 import numpy as np
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
@@ -43,11 +44,17 @@ class PcmTrack(MediaStreamTrack):
     or ``"end"`` (end the track, like a finished file). ``started_at`` is the wall time
     (``time.monotonic``) of the first frame; input sample ``i`` (48 kHz) left at about
     ``started_at + (i // 960) * 0.02``.
+
+    ``dtx``: send Opus as a browser does when the answer asks for DTX (``usedtx=1``): after
+    ``DTX_AFTER`` silent frames, only every ``DTX_EVERY``-th silent frame is sent, the RTP
+    timestamps jumping over the rest. ``frames_sent`` counts the packets that left.
     """
 
     kind = "audio"
+    DTX_AFTER = 10  # libopus enters DTX after 200 ms without voice
+    DTX_EVERY = 20  # ... and then sends one packet every 400 ms
 
-    def __init__(self, pcm: np.ndarray, rate: int, tail: str = "silence") -> None:
+    def __init__(self, pcm: np.ndarray, rate: int, tail: str = "silence", dtx: bool = False) -> None:
         super().__init__()
         x = np.asarray(pcm, dtype=np.float32)
         if rate != RATE:
@@ -57,22 +64,41 @@ class PcmTrack(MediaStreamTrack):
         self.tail = tail
         self.started_at: float | None = None
         self._k = 0
+        self._silent_run = 0
+        self.frames_sent = 0
+        self._opus: Any = None
+        if dtx:
+            self._opus = av.CodecContext.create("libopus", "w")
+            self._opus.bit_rate, self._opus.format, self._opus.layout = 32000, "s16", "mono"
+            self._opus.sample_rate, self._opus.time_base = RATE, fractions.Fraction(1, RATE)
+            self._opus.options = {"application": "voip", "frame_duration": "20"}
+            self._opus.open()
 
-    async def recv(self) -> AudioFrame:
+    def _chunk(self, k: int) -> np.ndarray:
+        chunk = np.zeros(FRAME, np.float32)
+        part = self.pcm48[k * FRAME : (k + 1) * FRAME]
+        chunk[: len(part)] = part
+        return chunk
+
+    async def recv(self) -> AudioFrame | av.Packet:
         if self.readyState != "live":
             raise MediaStreamError
         if self.started_at is None:
             self.started_at = time.monotonic()
-        lo = self._k * FRAME
-        if lo >= len(self.pcm48) and self.tail == "end":
-            self.stop()
-            raise MediaStreamError
+        while True:
+            lo = self._k * FRAME
+            if lo >= len(self.pcm48) and self.tail == "end":
+                self.stop()
+                raise MediaStreamError
+            chunk = self._chunk(self._k)
+            self._silent_run = 0 if np.any(chunk) else self._silent_run + 1
+            dtx = self._opus is not None and self._silent_run > self.DTX_AFTER
+            if not dtx or (self._silent_run - self.DTX_AFTER) % self.DTX_EVERY == 0:
+                break
+            self._k += 1  # a frame DTX does not send: its time passes without a packet
         wait = self.started_at + self._k * FRAME / RATE - time.monotonic()
         if wait > 0:
             await asyncio.sleep(wait)
-        chunk = np.zeros(FRAME, np.float32)
-        part = self.pcm48[lo : lo + FRAME]
-        chunk[: len(part)] = part
         frame = AudioFrame.from_ndarray(
             (np.clip(chunk, -1, 1) * 32767).astype(np.int16).reshape(1, -1), format="s16", layout="mono"
         )
@@ -80,7 +106,15 @@ class PcmTrack(MediaStreamTrack):
         frame.pts = lo
         frame.time_base = fractions.Fraction(1, RATE)
         self._k += 1
-        return frame
+        self.frames_sent += 1
+        if self._opus is None:
+            return frame
+        packets = self._opus.encode(frame)
+        if not packets:
+            return frame  # not expected for 20 ms frames; aiortc's encoder then takes it
+        packet = packets[0]
+        packet.pts, packet.time_base = lo, fractions.Fraction(1, RATE)  # RTP time jumps over DTX
+        return packet
 
     def sent_at(self, sample48: int) -> float:
         """Wall time at which input sample ``sample48`` (48 kHz index) was handed to the encoder."""
@@ -121,6 +155,7 @@ class AvatarClient:
     keep_video: bool = True
     audio_prefetch: int | None = 1  # shorten aiortc's receive jitter buffer like the server does
     heartbeat: float = 0.0  # seconds between data-channel pings (0 = none)
+    dtx: bool = False  # send Opus with DTX in silence, as a browser does when the answer asks for it
     headers: dict[str, str] = field(default_factory=dict)
 
     video: list[ReceivedVideo] = field(default_factory=list)
@@ -134,7 +169,7 @@ class AvatarClient:
 
     def __post_init__(self) -> None:
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-        self.track = PcmTrack(self.pcm, self.rate, tail=self.tail)
+        self.track = PcmTrack(self.pcm, self.rate, tail=self.tail, dtx=self.dtx)
         self._tasks: list[asyncio.Task[Any]] = []
         self._first_packet: dict[tuple[str, int], float] = {}
         self._origin: dict[str, int] = {}

@@ -385,6 +385,7 @@ async def measure(
                 16000,
                 params={"fps": args.fps, "resolution": args.resolution},
                 heartbeat=1.0,
+                dtx=args.dtx,
             )
             for _ in range(args.sessions)
         ]
@@ -429,6 +430,7 @@ async def measure(
             "frames_dropped_by_cause": [i.get("frames_dropped_by_cause") for i in infos],
             # motion frames made in pauses without the denoiser
             "frames_idle_server": [i.get("frames_idle") for i in infos],
+            "audio_frames_in_server": [i.get("audio_frames_in") for i in infos],
             "frame_slack_ms": [i.get("frame_slack_ms") for i in infos],
             "audio_arrival_lag_ms": [i.get("audio_arrival_lag_ms") for i in infos],
             "pts_gaps_client": [p["pts_gaps"] for p in per],
@@ -480,6 +482,11 @@ def cli_main(argv: list[str]) -> int:
         help="burn this many cores in other processes meanwhile: a busier or slower host, on demand",
     )
     parser.add_argument(
+        "--dtx",
+        action="store_true",
+        help="clients send Opus with DTX in silence (a packet per 400 ms), as Chrome does when asked",
+    )
+    parser.add_argument(
         "--set",
         dest="overrides",
         action="append",
@@ -519,6 +526,7 @@ def cli_main(argv: list[str]) -> int:
         shutil.rmtree(work, ignore_errors=True)
     result["host_render_ms_before"] = host_speed  # see MouthMeter.host_speed_ms
     result["busy_cores"] = args.busy
+    result["client_dtx"] = args.dtx
     text = json.dumps(result, indent=2)
     print(text)
     if args.json is not None:
