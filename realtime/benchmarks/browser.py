@@ -1,0 +1,146 @@
+"""``avatar bench browser``: one session from a real headless Chromium, with and without uplink DTX.
+
+The loopback bench's aiortc clients send audio packets without pause; a browser asked for Opus DTX
+(``live.uplink_dtx``, the default) stops sending in silence. This runs the shipped server (its own
+process, 2 workers) and Debian's Chromium with a fake microphone that loops a sentence and 8 s of
+silence, in pairs: ``live.uplink_dtx=false``, then ``true``. Each run reports, over ``--seconds``
+after the page has connected: the server's CPU (all its processes), the audio packets that reached
+the session per second, the repeated frames by cause, the playout delay's changes and the
+server-side audio-to-frame latency (``GET /sessions/{id}``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from realtime.benchmarks.live import _proc_cpu, start_server
+from realtime.config import ROOT
+
+SENTENCE = "Hello there, this is a short test of the avatar, speaking for a few seconds."
+SILENCE_S = 8.0
+
+
+def make_input(workdir: Path) -> Path:
+    """The fake microphone's file: one sentence (flite) and then silence; Chromium loops it."""
+    import soundfile as sf
+
+    spoken = workdir / "sentence.wav"
+    subprocess.run(["flite", "-voice", "awb", "-t", SENTENCE, "-o", str(spoken)], check=True)
+    x, rate = sf.read(spoken, dtype="float32")
+    out = workdir / "mic.wav"
+    sf.write(out, np.concatenate([x, np.zeros(int(rate * SILENCE_S), np.float32)]), rate)
+    return out
+
+
+async def _session(http: Any, url: str) -> dict[str, Any] | None:
+    """The one session's info (``GET /sessions`` lists each session's full info), or None."""
+    async with http.get(f"{url}/sessions") as r:
+        sessions = (await r.json())["sessions"]
+    return sessions[0] if sessions else None
+
+
+async def run_once(dtx: bool, seconds: float, mic: Path, work: Path) -> dict[str, Any]:
+    """One server + one Chromium page (OBS mode: it connects by itself); the numbers of one run."""
+    import aiohttp
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    from chromium import DevTools, chromium
+
+    server, url = start_server(1, work / "avatars", [f"live.uplink_dtx={'true' if dtx else 'false'}"])
+    profile = work / f"profile-{int(dtx)}"
+    shutil.rmtree(profile, ignore_errors=True)
+    try:
+        async with aiohttp.ClientSession() as http:
+            deadline = time.monotonic() + 120
+            while True:
+                with contextlib.suppress(aiohttp.ClientError):
+                    async with http.get(f"{url}/readyz") as r:
+                        if r.status == 200:
+                            break
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("the server did not become ready")
+                await asyncio.sleep(0.5)
+            async with chromium(profile, mic) as port:
+                async with http.put(f"http://127.0.0.1:{port}/json/new?about:blank") as r:
+                    target = await r.json(content_type=None)
+                async with http.ws_connect(target["webSocketDebuggerUrl"], max_msg_size=0) as ws:
+                    page = DevTools(ws)
+                    await page.call("Page.enable")
+                    await page.call("Page.navigate", url=f"{url}/?mode=obs")
+                    info = None
+                    for _ in range(120):
+                        await asyncio.sleep(0.5)
+                        info = await _session(http, url)
+                        if info and info.get("frames_sent", 0) > 25:
+                            break
+                    if not info:
+                        raise RuntimeError("the page did not connect")
+                    await asyncio.sleep(2.0)  # past the first packets and the bitrate ramp
+                    i0, c0, t0 = await _session(http, url), _proc_cpu(server.pid), time.monotonic()
+                    await asyncio.sleep(seconds)
+                    i1, c1, t1 = await _session(http, url), _proc_cpu(server.pid), time.monotonic()
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+    assert i0 is not None and i1 is not None
+    wall = t1 - t0
+    causes = {
+        k: v - (i0["frames_dropped_by_cause"] or {}).get(k, 0)
+        for k, v in i1["frames_dropped_by_cause"].items()
+    }
+    return {
+        "uplink_dtx": dtx,
+        "seconds": round(wall, 1),
+        "server_cpu_pct": round(100.0 * (c1 - c0) / wall, 1),
+        "audio_packets_per_s": round((i1["audio_frames_in"] - i0["audio_frames_in"]) / wall, 1),
+        "frames_sent": i1["frames_sent"] - i0["frames_sent"],
+        "frames_repeated": i1["frames_dropped"] - i0["frames_dropped"],
+        "repeated_by_cause": causes,
+        "silence_filled_s": round(i1["silence_filled_s"] - i0["silence_filled_s"], 2),
+        "pipeline_delay_ms_end": i1["pipeline_delay_ms"],
+        "pipeline_delay_changes": [c for c in i1["pipeline_delay_history"] if c[0] > i0["age_s"] - 1],
+        "server_latency_ms": i1["latency_ms"],
+        "frame_slack_ms": i1["frame_slack_ms"],
+    }
+
+
+def cli_main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="avatar bench browser", description=__doc__)
+    parser.add_argument("--seconds", type=float, default=30.0, help="measured span of each run")
+    parser.add_argument("--pairs", type=int, default=2, help="runs without and with DTX, interleaved")
+    parser.add_argument("--json", type=Path, default=None, help="also write the result here")
+    args = parser.parse_args(argv)
+    if shutil.which("chromium") is None or shutil.which("flite") is None:
+        parser.error("needs Debian's chromium and flite (scripts/setup.sh --test installs them)")
+    work = Path(tempfile.mkdtemp(prefix="bench-browser-"))
+    try:
+        mic = make_input(work)
+        runs = []
+        for _ in range(args.pairs):
+            for dtx in (False, True):
+                runs.append(asyncio.run(run_once(dtx, args.seconds, mic, work)))
+                print(json.dumps(runs[-1]), file=sys.stderr)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    result = {"bench": "browser", "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "runs": runs}
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.json is not None:
+        args.json.write_text(text + "\n")
+    return 0
