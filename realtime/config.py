@@ -55,8 +55,8 @@ class LiveConfig:
     latency_margin_max_ms: float = 100.0
     # Cap on the VP8 bitrate the peer's bandwidth estimate may raise the encoder to (0: aiortc's 1500).
     max_video_kbps: int = 0
-    # Ask the peer for Opus DTX (``usedtx=1`` in the answer): in silence a browser then sends a
-    # packet every 400 ms instead of 50 a second, and the session fills the gaps itself.
+    # Ask the peer for Opus DTX (``usedtx=1`` in the answer): in silence Chromium then sends two
+    # packets every 400 ms instead of 50 a second, and the session fills the gaps itself.
     uplink_dtx: bool = True
 
 

@@ -65,12 +65,14 @@ VANISH_TIMEOUT = 4.0
 CONTROL_LABEL = "control"
 # Input stalls longer than this are filled with silence on the wall clock (idle avatar).
 STALL = 0.15
-# ... and this long once the last QUIET_FRAMES of input held no voice. A peer in DTX sends nothing in
-# a pause (a packet every 400 ms), and frames may wait only about the latency margin for their audio;
-# a quiet packet that comes later than this is placed after the fill, as after any stall.
-QUIET_STALL = 0.04
+# ... and this long once the last QUIET_FRAMES of input held no voice, or while the peer is not
+# sending steadily (fewer than RESUMED_FRAMES packets since a gap in its RTP time). A peer in DTX
+# sends nothing in a pause (two packets every 400 ms), and frames may wait only about the latency
+# margin for their audio; a packet that comes later than this is placed after the fill, as after
+# any stall.
+QUIET_STALL = 0.025
 QUIET_FRAMES = 5  # 100 ms; an Opus encoder enters DTX after 200 ms without voice
-RESUMED_FRAMES = 10  # packets in a row without a gap after which a quiet peer counts as sending again
+RESUMED_FRAMES = 10
 # How much of the stall the silence leaves unfilled, so resumed speech lands close to now.
 FILL_KEEP = 0.02
 # Real audio lands on the timeline up to about this late (FILL_KEEP, packetisation, jitter).
@@ -368,14 +370,14 @@ class LiveSession:
             for chunk in chunks:
                 self._on_audio(chunk, now)
             self._in_a_row = 0 if self.ingest.after_gap else self._in_a_row + 1
-            if not self._quiet_input() or self._in_a_row >= RESUMED_FRAMES:
-                # quiet packets soon after a gap (a peer in DTX sends one or two per 400 ms) do not
-                # hold the fill back: the pause goes on, and frames must not wait for the next ones
+            if self._sending():
+                # not the one or two packets a peer in DTX sends every 400 ms, whatever they hold
+                # (comfort noise may sound like voice): the pause goes on, frames must not wait
                 self._last_real_audio = now
 
-    def _quiet_input(self) -> bool:
-        """The detector has heard no voice for QUIET_FRAMES: pauses in the input are filled sooner."""
-        return self.vad.unvoiced_run >= QUIET_FRAMES
+    def _sending(self) -> bool:
+        """The peer has sent RESUMED_FRAMES packets in a row, with no gap in RTP time between them."""
+        return self._in_a_row >= RESUMED_FRAMES
 
     def _should_skip(self, frame: Any, now: float) -> bool:
         """Catch up when the timeline runs ahead of the wall clock (a burst after a network stall).
@@ -435,7 +437,8 @@ class LiveSession:
                 # the event loop itself stalled: audio may be queued behind us; let it land first,
                 # or the fill would push the timeline ahead and add the stall to the latency
                 continue
-            stall = QUIET_STALL if self._quiet_input() else STALL
+            voice = self._sending() and self.vad.unvoiced_run < QUIET_FRAMES
+            stall = STALL if voice else QUIET_STALL
             if now - self._last_real_audio < stall:
                 continue
             target = int((now - self.clock.t0 - FILL_KEEP) * RATE)

@@ -45,14 +45,15 @@ class PcmTrack(MediaStreamTrack):
     (``time.monotonic``) of the first frame; input sample ``i`` (48 kHz) left at about
     ``started_at + (i // 960) * 0.02``.
 
-    ``dtx``: send Opus as a browser does when the answer asks for DTX (``usedtx=1``): after
-    ``DTX_AFTER`` silent frames, only every ``DTX_EVERY``-th silent frame is sent, the RTP
+    ``dtx``: send Opus as Chromium does when the answer asks for DTX (``usedtx=1``): after
+    ``DTX_AFTER`` silent frames, only ``DTX_BURST`` frames in every ``DTX_EVERY`` are sent, the RTP
     timestamps jumping over the rest. ``frames_sent`` counts the packets that left.
     """
 
     kind = "audio"
     DTX_AFTER = 10  # libopus enters DTX after 200 ms without voice
-    DTX_EVERY = 20  # ... and then sends one packet every 400 ms
+    DTX_EVERY = 20  # ... and then Chromium sends two packets every 400 ms
+    DTX_BURST = 2
 
     def __init__(self, pcm: np.ndarray, rate: int, tail: str = "silence", dtx: bool = False) -> None:
         super().__init__()
@@ -93,7 +94,7 @@ class PcmTrack(MediaStreamTrack):
             chunk = self._chunk(self._k)
             self._silent_run = 0 if np.any(chunk) else self._silent_run + 1
             dtx = self._opus is not None and self._silent_run > self.DTX_AFTER
-            if not dtx or (self._silent_run - self.DTX_AFTER) % self.DTX_EVERY == 0:
+            if not dtx or (self._silent_run - self.DTX_AFTER - 1) % self.DTX_EVERY < self.DTX_BURST:
                 break
             self._k += 1  # a frame DTX does not send: its time passes without a packet
         wait = self.started_at + self._k * FRAME / RATE - time.monotonic()
