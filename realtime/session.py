@@ -65,14 +65,13 @@ VANISH_TIMEOUT = 4.0
 CONTROL_LABEL = "control"
 # Input stalls longer than this are filled with silence on the wall clock (idle avatar).
 STALL = 0.15
-# ... and this long once the last QUIET_FRAMES of input held no voice, or while the peer is not
-# sending steadily (fewer than RESUMED_FRAMES packets since a gap in its RTP time). A peer in DTX
-# sends nothing in a pause (two packets every 400 ms), and frames may wait only about the latency
-# margin for their audio; a packet that comes later than this is placed after the fill, as after
-# any stall.
+# ... and this long unless the peer is talking (see LiveSession._talking). A peer in DTX sends
+# nothing in a pause (two packets every 400 ms), and frames may wait only about the latency margin
+# for their audio; a packet that comes later than this is placed after the fill, as after any stall.
 QUIET_STALL = 0.025
-QUIET_FRAMES = 5  # 100 ms; an Opus encoder enters DTX after 200 ms without voice
-RESUMED_FRAMES = 10
+QUIET_FRAMES = 5  # 100 ms without voice is quiet; an Opus encoder enters DTX after 200 ms
+TALK_RUN = 3  # packets in a row, with no gap in RTP time between them
+RESUMED_FRAMES = 10  # ... after which a quiet peer holds the fill back too: it sends steadily
 # How much of the stall the silence leaves unfilled, so resumed speech lands close to now.
 FILL_KEEP = 0.02
 # Real audio lands on the timeline up to about this late (FILL_KEEP, packetisation, jitter).
@@ -259,7 +258,7 @@ class LiveSession:
         self._closing: asyncio.Task[None] | None = None
         self._closed = asyncio.Event()
         self._last_real_audio = 0.0
-        self._in_a_row = 0  # audio frames since the last gap in the peer's RTP time
+        self._in_a_row = 0  # audio frames in a row since the last gap in the peer's RTP time
         self._last_speech = -math.inf  # when the input was last speech (the delay moves down only in quiet)
         self._late_at = -LATE_HOLD  # when a frame was last ready after its send time
         self._last_media = time.monotonic()
@@ -370,14 +369,18 @@ class LiveSession:
             for chunk in chunks:
                 self._on_audio(chunk, now)
             self._in_a_row = 0 if self.ingest.after_gap else self._in_a_row + 1
-            if self._sending():
-                # not the one or two packets a peer in DTX sends every 400 ms, whatever they hold
-                # (comfort noise may sound like voice): the pause goes on, frames must not wait
+            if self._in_a_row >= RESUMED_FRAMES or self._talking():
+                # not the one or two packets a peer in DTX sends every 400 ms in a pause: they do
+                # not hold the fill back, the pause goes on and frames must not wait for the next
                 self._last_real_audio = now
 
-    def _sending(self) -> bool:
-        """The peer has sent RESUMED_FRAMES packets in a row, with no gap in RTP time between them."""
-        return self._in_a_row >= RESUMED_FRAMES
+    def _talking(self) -> bool:
+        """Voice of late, in a run of TALK_RUN packets or more: a gap in the input is waited for longer.
+
+        A peer in DTX sends one or two packets every 400 ms in a pause; comfort noise may sound like
+        voice to the detector, but never makes a run.
+        """
+        return self._in_a_row >= TALK_RUN - 1 and self.vad.unvoiced_run < QUIET_FRAMES
 
     def _should_skip(self, frame: Any, now: float) -> bool:
         """Catch up when the timeline runs ahead of the wall clock (a burst after a network stall).
@@ -437,8 +440,7 @@ class LiveSession:
                 # the event loop itself stalled: audio may be queued behind us; let it land first,
                 # or the fill would push the timeline ahead and add the stall to the latency
                 continue
-            voice = self._sending() and self.vad.unvoiced_run < QUIET_FRAMES
-            stall = STALL if voice else QUIET_STALL
+            stall = STALL if self._talking() else QUIET_STALL
             if now - self._last_real_audio < stall:
                 continue
             target = int((now - self.clock.t0 - FILL_KEEP) * RATE)
