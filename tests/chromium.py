@@ -83,3 +83,15 @@ async def chromium(user_dir: Path, audio: Path) -> AsyncIterator[int]:
             except TimeoutError:
                 proc.kill()
                 await proc.wait()
+
+
+@contextlib.asynccontextmanager
+async def open_page(http: aiohttp.ClientSession, port: int, url: str) -> AsyncIterator[DevTools]:
+    """A new tab of the Chromium whose DevTools listen on ``port``, navigated to ``url``."""
+    async with http.put(f"http://127.0.0.1:{port}/json/new?about:blank") as r:
+        target = await r.json(content_type=None)
+    async with http.ws_connect(target["webSocketDebuggerUrl"], max_msg_size=0) as ws:
+        page = DevTools(ws)
+        await page.call("Page.enable")
+        await page.call("Page.navigate", url=url)
+        yield page

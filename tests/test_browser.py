@@ -17,7 +17,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
-from chromium import CHROMIUM, DevTools, chromium
+from chromium import CHROMIUM, chromium, open_page
 
 from realtime.app import create_app
 from realtime.config import Config
@@ -39,12 +39,7 @@ async def test_browser_client_receives_avatar_video(
     url = str(server.make_url("")).rstrip("/")
     try:
         async with chromium(tmp_path / "profile", speech_wav) as port, aiohttp.ClientSession() as http:
-            async with http.put(f"http://127.0.0.1:{port}/json/new?about:blank") as r:
-                target = await r.json(content_type=None)
-            async with http.ws_connect(target["webSocketDebuggerUrl"], max_msg_size=0) as ws:
-                page = DevTools(ws)
-                await page.call("Page.enable")
-                await page.call("Page.navigate", url=f"{url}/?autostart=1")
+            async with open_page(http, port, f"{url}/?autostart=1") as page:
                 state: dict = {}
                 deadline = time.monotonic() + 40
                 while time.monotonic() < deadline:

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from realtime.benchmarks._support import stop_server
 from realtime.benchmarks.live import _proc_cpu, start_server
 from realtime.config import ROOT
 
@@ -56,7 +57,7 @@ async def run_once(dtx: bool, seconds: float, mic: Path, work: Path) -> dict[str
     import aiohttp
 
     sys.path.insert(0, str(ROOT / "tests"))
-    from chromium import DevTools, chromium
+    from chromium import chromium, open_page
 
     server, url = start_server(1, work / "avatars", [f"live.uplink_dtx={'true' if dtx else 'false'}"])
     profile = work / f"profile-{int(dtx)}"
@@ -72,32 +73,21 @@ async def run_once(dtx: bool, seconds: float, mic: Path, work: Path) -> dict[str
                 if server.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError("the server did not become ready")
                 await asyncio.sleep(0.5)
-            async with chromium(profile, mic) as port:
-                async with http.put(f"http://127.0.0.1:{port}/json/new?about:blank") as r:
-                    target = await r.json(content_type=None)
-                async with http.ws_connect(target["webSocketDebuggerUrl"], max_msg_size=0) as ws:
-                    page = DevTools(ws)
-                    await page.call("Page.enable")
-                    await page.call("Page.navigate", url=f"{url}/?mode=obs")
-                    info = None
-                    for _ in range(120):
-                        await asyncio.sleep(0.5)
-                        info = await _session(http, url)
-                        if info and info.get("frames_sent", 0) > 25:
-                            break
-                    if not info:
-                        raise RuntimeError("the page did not connect")
-                    await asyncio.sleep(2.0)  # past the first packets and the bitrate ramp
-                    i0, c0, t0 = await _session(http, url), _proc_cpu(server.pid), time.monotonic()
-                    await asyncio.sleep(seconds)
-                    i1, c1, t1 = await _session(http, url), _proc_cpu(server.pid), time.monotonic()
+            async with chromium(profile, mic) as port, open_page(http, port, f"{url}/?mode=obs"):
+                info = None
+                for _ in range(120):
+                    await asyncio.sleep(0.5)
+                    info = await _session(http, url)
+                    if info and info.get("frames_sent", 0) > 25:
+                        break
+                if not info:
+                    raise RuntimeError("the page did not connect")
+                await asyncio.sleep(2.0)  # past the first packets and the bitrate ramp
+                i0, c0, t0 = await _session(http, url), _proc_cpu(server.pid), time.monotonic()
+                await asyncio.sleep(seconds)
+                i1, c1, t1 = await _session(http, url), _proc_cpu(server.pid), time.monotonic()
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+        stop_server(server)
     assert i0 is not None and i1 is not None
     wall = t1 - t0
     causes = {
