@@ -108,10 +108,10 @@ def _use_audio_packet_buffer(pc: RTCPeerConnection) -> None:
 def _ask_for_dtx(pc: RTCPeerConnection) -> bool:
     """Put ``usedtx=1`` on the answer's Opus (``live.uplink_dtx``): the peer may then stop sending in silence.
 
-    The session already treats gaps in the peer's audio as silence (the pump and the ingest fill
-    them on the session clock), so a browser's DTX costs nothing here but saves receiving,
-    decrypting and decoding 50 packets a second of silence. Returns False if Opus was not
-    negotiated or aiortc's private codec list is missing (nothing changes then).
+    The session fills gaps in the peer's audio with silence on its own clock, soon enough that
+    frames do not wait for packets a peer in DTX will not send (``LiveSession._talking``); the
+    server is spared receiving, decrypting and decoding 50 packets a second of silence. Returns
+    False if Opus was not negotiated or aiortc's private codec list is missing (nothing changes).
     """
     done = False
     for t in pc.getTransceivers():

@@ -503,8 +503,8 @@ async def test_input_ends_avatar_stays_alive_then_idle_timeout(
 async def test_peer_in_dtx_gets_smooth_video_and_its_voice_back(
     engine, test_config: Config, speech_16k
 ) -> None:
-    """A peer that stops sending in silence (Opus DTX, which the answer asks for: one packet per
-    400 ms) gets frames at the full rate through its pauses, a mouth at rest there, and speech
+    """A peer that stops sending in silence (Opus DTX, which the answer asks for: two packets per
+    400 ms, as Chromium) gets frames at the full rate through its pauses, a mouth at rest there, and speech
     after a pause that moves the mouth and comes back in the returned voice like the first."""
     # a fixed playout delay, so the returned voice's delay can only move with the pauses
     live = dataclasses.replace(test_config.live, latency_margin_max_ms=test_config.live.latency_margin_ms)
