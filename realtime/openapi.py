@@ -379,6 +379,11 @@ def _schemas() -> dict[str, Any]:
                     "description": "p1/p5/p50 of how early frames were ready before their send time",
                     "additionalProperties": {"type": "number"},
                 },
+                "audio_packets_late": {
+                    "type": "integer",
+                    "nullable": True,
+                    "description": "peer audio packets dropped for arriving after a newer one (their 20 ms are silence)",
+                },
                 "frames_idle": {
                     "type": "integer",
                     "nullable": True,

@@ -757,6 +757,7 @@ class LiveSession:
             "audio_dropped_chunks": self.stats.audio_dropped_chunks,
             "rtp_gaps_filled_s": round(self.ingest.gaps_filled / RATE, 3),
             "audio_frames_skipped": self.ingest.skipped,
+            "audio_packets_late": self._audio_packets_late(),
             "latency_ms": _percentiles_ms(self.stats.latencies, (50, 95)),
             # how much earlier than needed frames are ready: the headroom left in the latency margin
             "frame_slack_ms": _percentiles_ms(self.stats.slack, (1, 5, 50)),
@@ -770,6 +771,13 @@ class LiveSession:
             "video_target_kbps": self._video_target_kbps(),
             "audio_encoder": self.audio.encoder,
         }
+
+    def _audio_packets_late(self) -> int | None:
+        """Peer audio packets dropped for arriving after a newer one (live_api.AudioPacketBuffer)."""
+        for t in self.pc.getTransceivers():
+            if t.kind == "audio" and t.receiver is not None:
+                return getattr(getattr(t.receiver, "_RTCRtpReceiver__jitter_buffer", None), "late", None)
+        return None
 
     def _video_sender_encoder(self) -> Any:
         """The video sender's encoder (None before the first frame or without video)."""
