@@ -105,23 +105,20 @@ def _use_audio_packet_buffer(pc: RTCPeerConnection) -> None:
             t.receiver._RTCRtpReceiver__jitter_buffer = AudioPacketBuffer()
 
 
-def _ask_for_dtx(pc: RTCPeerConnection) -> bool:
+def _ask_for_dtx(pc: RTCPeerConnection) -> None:
     """Put ``usedtx=1`` on the answer's Opus (``live.uplink_dtx``): the peer may then stop sending in silence.
 
     The session fills gaps in the peer's audio with silence on its own clock, soon enough that
     frames do not wait for packets a peer in DTX will not send (``LiveSession._talking``); the
-    server is spared receiving, decrypting and decoding 50 packets a second of silence. Returns
-    False if Opus was not negotiated or aiortc's private codec list is missing (nothing changes).
+    server is spared receiving, decrypting and decoding 50 packets a second of silence. Without
+    Opus, or without aiortc's private codec list, nothing changes.
     """
-    done = False
     for t in pc.getTransceivers():
         if t.kind != "audio":
             continue
         for codec in getattr(t, "_codecs", None) or []:
             if codec.mimeType.lower() == "audio/opus":
                 codec.parameters["usedtx"] = 1
-                done = True
-    return done
 
 
 async def offer(request: web.Request) -> web.Response:

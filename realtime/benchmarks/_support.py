@@ -112,11 +112,16 @@ def stop_server(server: subprocess.Popen, timeout: float = 20.0) -> int:
     return int(server.returncode)
 
 
-def import_test_client() -> type:
-    """The reusable aiortc test client (``tests/webrtc_client.py``)."""
+def tests_on_path() -> None:
+    """Make ``tests/``'s reusable helpers (``webrtc_client``, ``chromium``) importable."""
     tests = str(ROOT / "tests")
     if tests not in sys.path:
         sys.path.insert(0, tests)
+
+
+def import_test_client() -> type:
+    """The reusable aiortc test client (``tests/webrtc_client.py``)."""
+    tests_on_path()
     from webrtc_client import AvatarClient
 
     return AvatarClient

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import shutil
 import subprocess
@@ -25,9 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from realtime.benchmarks._support import stop_server
+from realtime.benchmarks._support import stop_server, tests_on_path, wait_ready
 from realtime.benchmarks.live import _proc_cpu, start_server
-from realtime.config import ROOT
 
 SENTENCE = "Hello there, this is a short test of the avatar, speaking for a few seconds."
 SILENCE_S = 8.0
@@ -56,36 +54,31 @@ async def run_once(dtx: bool, seconds: float, mic: Path, work: Path) -> dict[str
     """One server + one Chromium page (OBS mode: it connects by itself); the numbers of one run."""
     import aiohttp
 
-    sys.path.insert(0, str(ROOT / "tests"))
+    tests_on_path()
     from chromium import chromium, open_page
 
     server, url = start_server(1, work / "avatars", [f"live.uplink_dtx={'true' if dtx else 'false'}"])
     profile = work / f"profile-{int(dtx)}"
     shutil.rmtree(profile, ignore_errors=True)
     try:
-        async with aiohttp.ClientSession() as http:
-            deadline = time.monotonic() + 120
-            while True:
-                with contextlib.suppress(aiohttp.ClientError):
-                    async with http.get(f"{url}/readyz") as r:
-                        if r.status == 200:
-                            break
-                if server.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("the server did not become ready")
+        await wait_ready(url, server)
+        async with (
+            aiohttp.ClientSession() as http,
+            chromium(profile, mic) as port,
+            open_page(http, port, f"{url}/?mode=obs"),
+        ):
+            info = None
+            for _ in range(120):
                 await asyncio.sleep(0.5)
-            async with chromium(profile, mic) as port, open_page(http, port, f"{url}/?mode=obs"):
-                info = None
-                for _ in range(120):
-                    await asyncio.sleep(0.5)
-                    info = await _session(http, url)
-                    if info and info.get("frames_sent", 0) > 25:
-                        break
-                if not info:
-                    raise RuntimeError("the page did not connect")
-                await asyncio.sleep(2.0)  # past the first packets and the bitrate ramp
-                i0, c0, t0 = await _session(http, url), _proc_cpu(server.pid), time.monotonic()
-                await asyncio.sleep(seconds)
-                i1, c1, t1 = await _session(http, url), _proc_cpu(server.pid), time.monotonic()
+                info = await _session(http, url)
+                if info and info.get("frames_sent", 0) > 25:
+                    break
+            if not info:
+                raise RuntimeError("the page did not connect")
+            await asyncio.sleep(2.0)  # past the first packets and the bitrate ramp
+            i0, c0, t0 = await _session(http, url), _proc_cpu(server.pid), time.monotonic()
+            await asyncio.sleep(seconds)
+            i1, c1, t1 = await _session(http, url), _proc_cpu(server.pid), time.monotonic()
     finally:
         stop_server(server)
     assert i0 is not None and i1 is not None

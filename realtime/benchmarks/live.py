@@ -484,7 +484,7 @@ def cli_main(argv: list[str]) -> int:
     parser.add_argument(
         "--dtx",
         action="store_true",
-        help="clients send Opus with DTX in silence (a packet per 400 ms), as Chrome does when asked",
+        help="clients send Opus with DTX in silence (two packets per 400 ms), as Chromium does when asked",
     )
     parser.add_argument(
         "--set",
