@@ -464,17 +464,21 @@ class LiveSession:
             pcm = np.concatenate(parts) if len(parts) > 1 else parts[0]
             parts = []
             self._adapt_steps(len(pcm) / RATE)
-            ready, skipped = await loop.run_in_executor(self.engine.executor, self._compute, pcm)
-            now = time.monotonic()
+            last, skipped = await loop.run_in_executor(self.engine.executor, self._compute, pcm, loop)
             if skipped is not None:  # frames too late to render: the delay must rise for them too
-                self._adapt_delay(skipped, now)
-            for item in ready:
-                slack = self.clock.wall(item.index / self.fps) - now
-                self.stats.slack.append(slack)
-                if slack < 0:
-                    self._late_at = now
-                self.frames.put(item)
-                self._adapt_delay(slack, now)
+                self._adapt_delay(skipped, time.monotonic())
+            if last is not None:
+                self._deliver(last)
+
+    def _deliver(self, item: ReadyFrame) -> None:
+        """A rendered frame goes to the video track (event loop side)."""
+        now = time.monotonic()
+        slack = self.clock.wall(item.index / self.fps) - now
+        self.stats.slack.append(slack)
+        if slack < 0:
+            self._late_at = now
+        self.frames.put(item)
+        self._adapt_delay(slack, now)
 
     def _adapt_delay(self, slack: float, now: float) -> None:
         """Let the playout delay follow the host: later frames instead of repeated ones (AdaptiveDelay)."""
@@ -524,16 +528,21 @@ class LiveSession:
             self.stream.steps = steps
             self.stats.steps_changes += 1
 
-    def _compute(self, pcm: np.ndarray) -> tuple[list[ReadyFrame], float | None]:
+    def _compute(
+        self, pcm: np.ndarray, loop: asyncio.AbstractEventLoop
+    ) -> tuple[ReadyFrame | None, float | None]:
         """Executor side: motion for the new audio, then render the frames that can still be on time.
 
-        Returns those frames and the slack (negative) of the latest of the frames skipped as too late.
+        Audio that comes in a burst (after a network or host stall) makes several frames. Each but
+        the last goes to the event loop as soon as it is drawn, not after the frames behind it: the
+        first is the one nearest its send time. Returns the last frame (the executor's own hand-off
+        carries it) and the slack (negative) of the latest of the frames skipped as too late.
         """
         t = time.perf_counter()
         motions: list[MotionFrame] = self.stream.push(pcm, RATE)
         if motions:
             self.metrics.model_seconds.observe(time.perf_counter() - t)
-        out: list[ReadyFrame] = []
+        pending: ReadyFrame | None = None
         skipped: float | None = None
         now = time.monotonic()
         started = self.video.first_sent_at is not None
@@ -547,6 +556,8 @@ class LiveSession:
                     self._late_at = now
                     skipped = due - now if skipped is None else min(skipped, due - now)
                 continue
+            if pending is not None:
+                loop.call_soon_threadsafe(self._deliver, pending)
             t = time.perf_counter()
             frame = self._render_frame(m.values)
             self.metrics.render_seconds.observe(time.perf_counter() - t)
@@ -557,8 +568,8 @@ class LiveSession:
                 "speech": bool(m.speech),
                 "channels": m.to_dict(),
             }
-            out.append(ReadyFrame(m.index, frame, payload))
-        return out, skipped
+            pending = ReadyFrame(m.index, frame, payload)
+        return pending, skipped
 
     def _render_frame(self, values: np.ndarray) -> VideoFrame:
         """The video frame of one motion vector, straight to I420 where the renderer allows."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 
 import numpy as np
@@ -227,21 +228,27 @@ async def test_audio_track_sends_mono_opus_packets_on_the_timeline() -> None:
     assert 0.25 < float(np.sqrt(np.mean(got[4800:] ** 2))) < 0.45
 
 
-async def test_sampler_steps_drop_one_while_frames_come_late_and_come_back(engine, test_config) -> None:
+def _bare_session(engine, config):
+    """A LiveSession on the real engine whose peer connection never connects (pipeline parts only)."""
     from aiortc import RTCPeerConnection
 
     from realtime.metrics import Metrics
     from realtime.motion import neutral
-    from realtime.session import DEGRADE_BACKLOG, LATE_HOLD, LiveSession
+    from realtime.session import LiveSession
 
-    params = SessionParams.defaults(test_config.live)
+    params = SessionParams.defaults(config.live)
     renderer = engine.renderer(engine.avatar("default"), params.resolution)
-    pc = RTCPeerConnection()
-    session = LiveSession(
-        pc, engine, Metrics(), params, renderer, test_config.server, renderer.render(neutral())
+    return LiveSession(
+        RTCPeerConnection(), engine, Metrics(), params, renderer, config.server, renderer.render(neutral())
     )
+
+
+async def test_sampler_steps_drop_one_while_frames_come_late_and_come_back(engine, test_config) -> None:
+    from realtime.session import DEGRADE_BACKLOG, LATE_HOLD
+
+    session = _bare_session(engine, test_config)
     full = session.stream.steps
-    assert full == params.inference_steps >= 2
+    assert full == test_config.live.inference_steps >= 2
     session._adapt_steps(0.0)
     assert session.stream.steps == full  # nothing late: the requested steps
     session._late_at = time.monotonic()  # a frame was ready after its send time
@@ -254,6 +261,45 @@ async def test_sampler_steps_drop_one_while_frames_come_late_and_come_back(engin
     session._late_at = time.monotonic() - LATE_HOLD - 0.1
     session._adapt_steps(0.0)
     assert session.stream.steps == full and session.info()["sampler_step_changes"] == 3
+    await session.aclose()
+
+
+async def test_frames_of_a_burst_reach_the_track_as_each_is_drawn(engine, test_config) -> None:
+    """Audio that arrives in a burst makes several frames in one executor call. The first of them is
+    the nearest its send time: it must reach the frame buffer when it is drawn, not after the rest."""
+    session = _bare_session(engine, test_config)
+    session.video.first_sent_at = time.monotonic()  # the peer is watching: every frame is drawn
+    loop = asyncio.get_running_loop()
+    drawn: list[float] = []  # when each frame's render ended (executor thread)
+    delivered: dict[int, float] = {}  # frame index -> when it reached the buffer (event loop)
+    render, deliver = session._render_frame, session._deliver
+
+    def slow_render(values: np.ndarray) -> VideoFrame:
+        time.sleep(0.04)  # a busy host: 40 ms a frame
+        frame = render(values)
+        drawn.append(time.monotonic())
+        return frame
+
+    def record(item: ReadyFrame) -> None:
+        delivered[item.index] = time.monotonic()
+        deliver(item)
+
+    session._render_frame, session._deliver = slow_render, record  # type: ignore[method-assign]
+    gc_was_on = gc.isenabled()
+    gc.disable()  # a collection in this process would hold the event loop as long as the renders take
+    try:
+        last, skipped = await loop.run_in_executor(None, session._compute, np.zeros(8000, np.float32), loop)
+        await asyncio.sleep(0)  # callbacks scheduled by the last render run before this returns
+    finally:
+        if gc_was_on:
+            gc.enable()
+    assert last is not None and skipped is None
+    assert len(drawn) >= 4, drawn
+    assert sorted(delivered) == list(range(last.index - len(drawn) + 1, last.index)), (delivered, last.index)
+    for k, index in enumerate(sorted(delivered)):
+        # frame k was in the buffer before frame k + 1 had been drawn (40 ms later)
+        assert delivered[index] < drawn[k + 1], (k, delivered, drawn)
+        assert session.frames.take(index) is not None
     await session.aclose()
 
 
