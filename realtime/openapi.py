@@ -384,6 +384,16 @@ def _schemas() -> dict[str, Any]:
                     "nullable": True,
                     "description": "peer audio packets dropped for arriving after a newer one (their 20 ms are silence)",
                 },
+                "audio_decoder": {
+                    "type": "string",
+                    "enum": ["inline", "aiortc"],
+                    "description": "inline: the peer's audio is decoded on the session's event loop as it arrives",
+                },
+                "audio_decode_errors": {
+                    "type": "integer",
+                    "nullable": True,
+                    "description": "peer audio packets the decoder rejected (their 20 ms are silence)",
+                },
                 "frames_idle": {
                     "type": "integer",
                     "nullable": True,

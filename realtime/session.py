@@ -769,6 +769,7 @@ class LiveSession:
             "rtp_gaps_filled_s": round(self.ingest.gaps_filled / RATE, 3),
             "audio_frames_skipped": self.ingest.skipped,
             "audio_packets_late": self._audio_packets_late(),
+            **self._audio_decoder(),
             "latency_ms": _percentiles_ms(self.stats.latencies, (50, 95)),
             # how much earlier than needed frames are ready: the headroom left in the latency margin
             "frame_slack_ms": _percentiles_ms(self.stats.slack, (1, 5, 50)),
@@ -783,12 +784,21 @@ class LiveSession:
             "audio_encoder": self.audio.encoder,
         }
 
-    def _audio_packets_late(self) -> int | None:
-        """Peer audio packets dropped for arriving after a newer one (live_api.AudioPacketBuffer)."""
+    def _audio_receiving(self, part: str) -> Any:
+        """A part of the peer audio's receiver (``jitter_buffer``, ``decoder_queue``), or None."""
         for t in self.pc.getTransceivers():
             if t.kind == "audio" and t.receiver is not None:
-                return getattr(getattr(t.receiver, "_RTCRtpReceiver__jitter_buffer", None), "late", None)
+                return getattr(t.receiver, f"_RTCRtpReceiver__{part}", None)
         return None
+
+    def _audio_packets_late(self) -> int | None:
+        """Peer audio packets dropped for arriving after a newer one (live_api.AudioPacketBuffer)."""
+        return getattr(self._audio_receiving("jitter_buffer"), "late", None)
+
+    def _audio_decoder(self) -> dict[str, Any]:
+        """Where the peer's audio is decoded (live_api.InlineAudioDecoder) and the packets it rejected."""
+        errors = getattr(self._audio_receiving("decoder_queue"), "errors", None)
+        return {"audio_decoder": "aiortc" if errors is None else "inline", "audio_decode_errors": errors}
 
     def _video_sender_encoder(self) -> Any:
         """The video sender's encoder (None before the first frame or without video)."""

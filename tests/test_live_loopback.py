@@ -25,6 +25,7 @@ from webrtc_client import AvatarClient
 from realtime.app import create_app
 from realtime.benchmarks.live import match_motion
 from realtime.config import Config, load_config
+from realtime.live_api import SESSIONS_KEY
 from realtime.motion import CHANNELS, MOUTH_CHANNELS, idx, neutral
 
 LEAD_S, TAIL_S = 1.2, 2.0  # silence before and after the speech
@@ -37,6 +38,7 @@ class Recording:
     client: AvatarClient
     info: dict
     closed_status: int  # GET /sessions/{id} after the peer left
+    decoder_thread_ended: bool  # aiortc's audio decoder thread of the session, once it closed
     speech: np.ndarray
     rate: int
 
@@ -57,6 +59,12 @@ async def _record(engine, config: Config, speech: np.ndarray, rate: int) -> Reco
         await asyncio.sleep(len(pcm) / rate + 0.5)
         status, info = await session_info(url, client.session_id)
         assert status == 200, info
+        receiver = next(
+            t.receiver
+            for t in app[SESSIONS_KEY].sessions[client.session_id].pc.getTransceivers()
+            if t.kind == "audio"
+        )
+        decoder_thread = receiver._RTCRtpReceiver__decoder_thread
         await client.close()
         # the peer left: the session closes itself and frees its slot
         for _ in range(50):
@@ -64,7 +72,7 @@ async def _record(engine, config: Config, speech: np.ndarray, rate: int) -> Reco
             if status == 404:
                 break
             await asyncio.sleep(0.1)
-        return Recording(client, info, status, speech, rate)
+        return Recording(client, info, status, not decoder_thread.is_alive(), speech, rate)
     finally:
         await server.close()
 
@@ -159,6 +167,8 @@ def test_session_reports_and_closes_when_the_peer_leaves(rec: Recording) -> None
     assert rec.info["video_encoder"] == "AvatarVp8Encoder"  # our libvpx settings, not aiortc's
     assert 250 <= rec.info["video_target_kbps"] <= 1500  # from the peer's REMB
     assert rec.info["audio_encoder"] == "opus-mono"  # the voice is encoded by our track, mono
+    # the peer's voice is decoded on the event loop as it arrives, every packet of it
+    assert rec.info["audio_decoder"] == "inline" and rec.info["audio_decode_errors"] == 0
     # every repeat has a cause; frames are ready before their send time, not after it
     assert sum(rec.info["frames_dropped_by_cause"].values()) == rec.info["frames_dropped"]
     assert rec.info["frame_slack_ms"]["p50"] > 0
@@ -171,6 +181,7 @@ def test_session_reports_and_closes_when_the_peer_leaves(rec: Recording) -> None
         rec.info["speech_frames"] > 20 and rec.info["frames_sent"] > 0 and rec.info["audio_frames_in"] > 100
     )
     assert rec.closed_status == 404
+    assert rec.decoder_thread_ended  # InlineAudioDecoder passed aiortc's end marker on
 
 
 def test_frames_arrive_at_about_fps_with_90khz_pts(rec: Recording) -> None:

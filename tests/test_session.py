@@ -336,3 +336,35 @@ def test_audio_packet_buffer_releases_each_packet_at_once() -> None:
         (200, 200),
     ]
     assert buf.late == 3
+
+
+async def test_inline_audio_decoder_decodes_skips_and_survives_bad_packets() -> None:
+    import fractions
+
+    import av
+    from aiortc.codecs import get_encoder
+    from aiortc.jitterbuffer import JitterFrame
+    from aiortc.rtcrtpparameters import RTCRtpCodecParameters
+
+    from realtime.live_api import InlineAudioDecoder
+
+    opus = RTCRtpCodecParameters(mimeType="audio/opus", clockRate=48000, channels=2, payloadType=111)
+    tone = 0.3 * np.sin(2 * np.pi * 440 * np.arange(960) / 48000)
+    frame = av.AudioFrame.from_ndarray(
+        (np.repeat(tone, 2) * 32767).astype(np.int16).reshape(1, -1), format="s16", layout="stereo"
+    )
+    frame.sample_rate, frame.pts, frame.time_base = 48000, 0, fractions.Fraction(1, 48000)
+    good = get_encoder(opus).encode(frame)[0][0]
+    out: asyncio.Queue = asyncio.Queue()
+    dec = InlineAudioDecoder(out)
+    packets = [good, b"", good, b"\xff\xff\xff", good]  # an empty payload, then one that is not Opus
+    for i, data in enumerate(packets):
+        dec.put((opus, JitterFrame(data=data, timestamp=960 * i)))
+    # every Opus packet became a frame at once, at its RTP time; the empty one was nothing to FFmpeg
+    # (not the "flush" that would have stopped the decoder) and the bad one was counted, not raised
+    got = [out.get_nowait() for _ in range(out.qsize())]
+    assert [f.pts for f in got] == [0, 1920, 3840] and all(f.samples == 960 for f in got)
+    assert dec.errors == 1
+    dec.put(None)  # aiortc stopping: its decoder thread gets the end marker, once
+    dec.put(None)
+    assert dec.get() is None
