@@ -24,6 +24,7 @@ from aiortc.jitterbuffer import JitterBuffer, JitterFrame
 from aiortc.rtp import RtpPacket
 
 from realtime.logs import session_logger
+from realtime.metrics import Metrics
 from realtime.motion import neutral
 from realtime.session import LiveSession, ParamError, SessionParams
 from realtime.tracks import use_avatar_encoder, use_opus_packets
@@ -86,10 +87,11 @@ class AudioPacketBuffer(JitterBuffer):
     released goes out at once; late and duplicate ones are dropped.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, on_drop: Callable[[], None] | None = None) -> None:
         super().__init__(capacity=16)
         self._newest: int | None = None
         self.late = 0  # packets dropped for arriving after a newer one
+        self._on_drop = on_drop
 
     def add(self, packet: RtpPacket) -> tuple[bool, JitterFrame | None]:
         seq = packet.sequence_number
@@ -97,6 +99,8 @@ class AudioPacketBuffer(JitterBuffer):
             behind = (self._newest - seq) & 0xFFFF
             if behind < MAX_MISORDER:  # a duplicate (0) or overtaken by a newer packet
                 self.late += 1
+                if self._on_drop is not None:
+                    self._on_drop()
                 return False, None
         self._newest = seq
         return False, JitterFrame(data=packet._data, timestamp=packet.timestamp)
@@ -113,8 +117,9 @@ class InlineAudioDecoder:
     in ``get`` for the end marker, which it passes on to end the track, as before.
     """
 
-    def __init__(self, track_queue: asyncio.Queue[Any]) -> None:
+    def __init__(self, track_queue: asyncio.Queue[Any], on_drop: Callable[[], None] | None = None) -> None:
         self._out = track_queue
+        self._on_drop = on_drop
         self._end: queue.Queue[None] = queue.Queue(maxsize=1)
         self._decoder: Any = None
         self._codec_name: str | None = None
@@ -136,6 +141,8 @@ class InlineAudioDecoder:
             frames = self._decoder.decode(encoded)
         except av.FFmpegError as exc:
             self.errors += 1
+            if self._on_drop is not None:
+                self._on_drop()
             if self.errors % 50 == 1:
                 log.warning(
                     "cannot decode the peer's %s audio (%d packets): %s", codec.name, self.errors, exc
@@ -149,22 +156,24 @@ class InlineAudioDecoder:
         return self._end.get()
 
 
-def _receive_audio_inline(pc: RTCPeerConnection) -> None:
+def _receive_audio_inline(pc: RTCPeerConnection, metrics: Metrics) -> None:
     """Give the audio receivers an :class:`AudioPacketBuffer` and an :class:`InlineAudioDecoder`.
 
     Call after ``setRemoteDescription`` (the receivers' tracks exist) and before the answer (aiortc
     starts its decoder thread with the queue it then has). Harmless if aiortc changes: a receiver
-    without these private attributes keeps aiortc's own.
+    without these private attributes keeps aiortc's own. Dropped packets count in ``metrics``.
     """
+    dropped = metrics.audio_packets_dropped
     for t in pc.getTransceivers():
         receiver = t.receiver
         if t.kind != "audio" or receiver is None:
             continue
         if hasattr(receiver, "_RTCRtpReceiver__jitter_buffer"):
-            receiver._RTCRtpReceiver__jitter_buffer = AudioPacketBuffer()
+            receiver._RTCRtpReceiver__jitter_buffer = AudioPacketBuffer(dropped.labels(reason="late").inc)
         track_queue = getattr(receiver.track, "_queue", None)
         if isinstance(track_queue, asyncio.Queue) and hasattr(receiver, "_RTCRtpReceiver__decoder_queue"):
-            receiver._RTCRtpReceiver__decoder_queue = InlineAudioDecoder(track_queue)
+            undecodable = dropped.labels(reason="undecodable").inc
+            receiver._RTCRtpReceiver__decoder_queue = InlineAudioDecoder(track_queue, undecodable)
 
 
 def _ask_for_dtx(pc: RTCPeerConnection) -> None:
@@ -250,7 +259,7 @@ async def offer(request: web.Request) -> web.Response:
         kinds = {t.kind for t in pc.getTransceivers()}
         if "audio" not in kinds:
             return _error(400, "the offer has no audio m-line: the avatar is driven by your audio track")
-        _receive_audio_inline(pc)
+        _receive_audio_inline(pc, metrics)
         if config.live.uplink_dtx:
             _ask_for_dtx(pc)
         pc.addTrack(session.audio)

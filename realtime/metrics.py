@@ -44,6 +44,12 @@ class Metrics:
         self.frames_dropped = Counter(
             "avatar_video_frames_dropped_total", "Late frames replaced by a repeat", registry=r
         )
+        self.audio_packets_dropped = Counter(
+            "avatar_audio_packets_dropped_total",
+            "Peer audio packets dropped: late (after a newer one) or undecodable; their 20 ms are silence",
+            ["reason"],
+            registry=r,
+        )
         self.playout_delay_changes = Counter(
             "avatar_playout_delay_changes_total",
             "Adaptive playout delay steps: raised (frames came late) or lowered (early again)",

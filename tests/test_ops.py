@@ -230,6 +230,7 @@ async def test_metrics_endpoint_counts_requests(make_client):
         "avatar_encode_seconds_bucket",
         "avatar_model_seconds_bucket",
         "avatar_video_frames_dropped_total",
+        "avatar_audio_packets_dropped_total",
         "avatar_http_request_seconds_bucket",
         "process_open_fds",
         "avatar_process_threads",

@@ -315,7 +315,8 @@ def test_audio_packet_buffer_releases_each_packet_at_once() -> None:
         p._data = bytes([seq & 0xFF])  # what aiortc's depayloader leaves for the decoder
         return p
 
-    buf = AudioPacketBuffer()
+    drops: list[int] = []
+    buf = AudioPacketBuffer(on_drop=lambda: drops.append(1))
     out = []
     for seq in [65533, 65534, 65535, 0, 2, 1, 2, 3, 3, 10, 65000, 200]:
         pli, frame = buf.add(packet(seq))
@@ -335,7 +336,7 @@ def test_audio_packet_buffer_releases_each_packet_at_once() -> None:
         (65000, 65000 & 0xFF),  # far behind: the sender restarted
         (200, 200),
     ]
-    assert buf.late == 3
+    assert buf.late == len(drops) == 3  # each also counted in avatar_audio_packets_dropped_total
 
 
 async def test_inline_audio_decoder_decodes_skips_and_survives_bad_packets() -> None:
@@ -356,7 +357,8 @@ async def test_inline_audio_decoder_decodes_skips_and_survives_bad_packets() -> 
     frame.sample_rate, frame.pts, frame.time_base = 48000, 0, fractions.Fraction(1, 48000)
     good = get_encoder(opus).encode(frame)[0][0]
     out: asyncio.Queue = asyncio.Queue()
-    dec = InlineAudioDecoder(out)
+    drops: list[int] = []
+    dec = InlineAudioDecoder(out, on_drop=lambda: drops.append(1))
     packets = [good, b"", good, b"\xff\xff\xff", good]  # an empty payload, then one that is not Opus
     for i, data in enumerate(packets):
         dec.put((opus, JitterFrame(data=data, timestamp=960 * i)))
@@ -364,7 +366,7 @@ async def test_inline_audio_decoder_decodes_skips_and_survives_bad_packets() -> 
     # (not the "flush" that would have stopped the decoder) and the bad one was counted, not raised
     got = [out.get_nowait() for _ in range(out.qsize())]
     assert [f.pts for f in got] == [0, 1920, 3840] and all(f.samples == 960 for f in got)
-    assert dec.errors == 1
+    assert dec.errors == len(drops) == 1
     dec.put(None)  # aiortc stopping: its decoder thread gets the end marker, once
     dec.put(None)
     assert dec.get() is None
