@@ -370,3 +370,36 @@ async def test_inline_audio_decoder_decodes_skips_and_survives_bad_packets() -> 
     dec.put(None)  # aiortc stopping: its decoder thread gets the end marker, once
     dec.put(None)
     assert dec.get() is None
+
+
+async def test_pump_fills_pauses_on_the_timeline_grid(engine, test_config) -> None:
+    """In a pause the fill reaches each 20 ms point of the timeline (where a frame's audio ends) as
+    soon as FILL_KEEP allows, whatever the phase of the wall clock the session was answered at."""
+    from realtime.session import FILL_KEEP, PUMP_EVERY, RATE
+
+    session = _bare_session(engine, test_config)
+    fills: list[tuple[float, int]] = []  # (wall time, timeline sample the fill reached)
+    on_audio = session._on_audio
+
+    def record(chunk, arrival: float) -> None:
+        fills.append((time.monotonic(), chunk.end))
+        on_audio(chunk, arrival)
+
+    session._on_audio = record  # type: ignore[method-assign]
+    session.clock.t0 = time.monotonic() - 0.0107  # answered 10.7 ms off the pump's old 20 ms beat
+    pump = asyncio.create_task(session._pump())
+    await asyncio.sleep(0.6)
+    pump.cancel()
+    await session.aclose()
+    ends = {}
+    for t, end in fills:  # one fill may push several chunks: the last one is where it reached
+        ends[t] = end
+    assert len(ends) >= 20, ends
+    grid = PUMP_EVERY * RATE
+    late = []
+    for t, end in ends.items():
+        point = (t - session.clock.t0 - FILL_KEEP) // PUMP_EVERY  # the grid point just passed
+        assert end >= point * grid  # ... which the fill reached
+        late.append(t - session.clock.t0 - FILL_KEEP - point * PUMP_EVERY)
+    # waking on its own 20 ms beat, the old pump filled ~11 ms after each point here
+    assert float(np.median(late)) < 0.004, late
