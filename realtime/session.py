@@ -436,9 +436,10 @@ class LiveSession:
         """Keep the timeline on the wall clock: fill input stalls with silence (idle motion).
 
         It wakes just after the wall clock passes a point of the timeline's 20 ms grid plus
-        FILL_KEEP, where the audio a frame needs ends (at 25 fps): a filled frame is made as soon as
-        FILL_KEEP allows. Waking every 20 ms at any phase, as before, made filled frames (a peer in
-        DTX: its every pause) wait 10 ms on average and up to 20 ms more than that.
+        FILL_KEEP. The audio a frame needs ends on whole 10 ms mel hops: at 25 fps always on that
+        grid, at 30 fps for two frames in three (the third waits 10 ms). A filled frame is then made
+        as soon as FILL_KEEP allows. Waking every 20 ms at any phase, as before, made filled frames
+        (a peer in DTX: its every pause) wait 10 ms on average and up to 20 ms more than that.
         """
         woke = time.monotonic()
         while True:
