@@ -17,7 +17,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "data": ("realtime.corpus", "build the speech corpus used for training (avatar data build)"),
     "train": ("realtime.train", "train the motion model and export it to ONNX"),
     "eval": ("realtime.evaluate", "evaluate lip sync on held-out speech (avatar eval lipsync)"),
-    "bench": ("realtime.benchmarks", "run a benchmark: live, browser, motion, render, offline, load"),
+    "bench": (
+        "realtime.benchmarks",
+        "run a benchmark: live, browser, receive, motion, render, offline, load",
+    ),
 }
 
 

@@ -372,15 +372,7 @@ class AvatarAudioTrack(MediaStreamTrack):
 
     def encode_opus(self, bitrate: int = OPUS_BITRATE) -> None:
         """Send Opus packets (mono voice) instead of raw frames from now on."""
-        codec = av.CodecContext.create("libopus", "w")
-        codec.bit_rate = bitrate
-        codec.format = "s16"
-        codec.layout = "mono"
-        codec.sample_rate = AUDIO_RATE
-        codec.time_base = AUDIO_TIME_BASE
-        codec.options = {"application": "voip", "frame_duration": "20"}
-        codec.open()
-        self._opus = codec
+        self._opus = open_opus_encoder(bitrate)
 
     async def recv(self) -> AudioFrame | av.Packet:
         if self.readyState != "live":
@@ -427,6 +419,19 @@ class AvatarAudioTrack(MediaStreamTrack):
         frame.pts = k * AUDIO_SAMPLES
         frame.time_base = AUDIO_TIME_BASE
         return frame
+
+
+def open_opus_encoder(bitrate: int = OPUS_BITRATE) -> Any:
+    """libopus for a voice: 48 kHz mono s16 in 20 ms frames, one packet per frame."""
+    codec = av.CodecContext.create("libopus", "w")
+    codec.bit_rate = bitrate
+    codec.format = "s16"
+    codec.layout = "mono"
+    codec.sample_rate = AUDIO_RATE
+    codec.time_base = AUDIO_TIME_BASE
+    codec.options = {"application": "voip", "frame_duration": "20"}
+    codec.open()
+    return codec
 
 
 class AvatarVp8Encoder(Vp8Encoder):

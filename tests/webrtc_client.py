@@ -69,11 +69,9 @@ class PcmTrack(MediaStreamTrack):
         self.frames_sent = 0
         self._opus: Any = None
         if dtx:
-            self._opus = av.CodecContext.create("libopus", "w")
-            self._opus.bit_rate, self._opus.format, self._opus.layout = 32000, "s16", "mono"
-            self._opus.sample_rate, self._opus.time_base = RATE, fractions.Fraction(1, RATE)
-            self._opus.options = {"application": "voip", "frame_duration": "20"}
-            self._opus.open()
+            from realtime.tracks import open_opus_encoder  # the server's own voice encoder settings
+
+            self._opus = open_opus_encoder()
 
     def _chunk(self, k: int) -> np.ndarray:
         chunk = np.zeros(FRAME, np.float32)

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from realtime.benchmarks._support import stop_server, tests_on_path, wait_ready
+from realtime.benchmarks._support import stop_server, tests_on_path, wait_ready, write_result
 from realtime.benchmarks.live import _proc_cpu, start_server
 
 SENTENCE = "Hello there, this is a short test of the avatar, speaking for a few seconds."
@@ -122,8 +122,4 @@ def cli_main(argv: list[str]) -> int:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     result = {"bench": "browser", "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "runs": runs}
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.json is not None:
-        args.json.write_text(text + "\n")
-    return 0
+    return write_result(result, args.json)
