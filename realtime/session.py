@@ -559,7 +559,7 @@ class LiveSession:
         started = self.video.first_sent_at is not None
         for i, m in enumerate(motions):
             due = self.clock.wall(m.index / self.fps)
-            late = due < now - 0.5 / self.fps
+            late = due < now - self.video.grace  # it would repeat even if drawn at once
             # before the peer is watching only the newest frame matters (it becomes the first one)
             if late or (not started and i < len(motions) - 1):
                 self.stats.frames_skipped_late += 1

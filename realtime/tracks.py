@@ -167,7 +167,7 @@ class FrameBuffer:
         self._frames: OrderedDict[int, ReadyFrame] = OrderedDict()
         self._capacity = capacity
         self._event = asyncio.Event()
-        self.consumed = -1  # highest index the track has asked for
+        self.consumed = -1  # highest index the track has sent or given up on
         self.overflow = 0
 
     def put(self, item: ReadyFrame) -> None:
@@ -180,14 +180,23 @@ class FrameBuffer:
         self._event.set()
 
     def take(self, n: int) -> ReadyFrame | None:
-        """Frame ``n`` if ready; frames before it are discarded."""
-        self.consumed = max(self.consumed, n)
+        """Frame ``n`` if ready; frames before it are discarded.
+
+        While frame ``n`` is missing it is still accepted: the track waits up to its grace for it.
+        (Marking ``n`` consumed here, as before, dropped every frame that came in that wait, so
+        any frame not ready by its send time repeated.) A frame that comes after the track gave up
+        on it waits here until the next ``take`` discards it.
+        """
+        self.consumed = max(self.consumed, n - 1)
         while self._frames:
             first = next(iter(self._frames))
             if first >= n:
                 break
             self._frames.popitem(last=False)
-        return self._frames.pop(n, None)
+        item = self._frames.pop(n, None)
+        if item is not None:
+            self.consumed = max(self.consumed, n)
+        return item
 
     def newest_index(self) -> int:
         return next(reversed(self._frames)) if self._frames else -1
@@ -268,7 +277,8 @@ class AvatarVideoTrack(MediaStreamTrack):
         self.fps = fps
         self.frames = frames
         self._last = placeholder
-        self._grace = (0.4 / fps) if grace is None else grace
+        # how long after its send time a frame may still come and go out (late) instead of a repeat
+        self.grace = (0.4 / fps) if grace is None else grace
         self._on_sent = on_sent
         self._on_encoded = on_encoded
         self._returned_at: float | None = None
@@ -319,7 +329,7 @@ class AvatarVideoTrack(MediaStreamTrack):
             await asyncio.sleep(wait)
         ready = self.frames.take(n)
         if ready is None and not first:
-            deadline = target + self._grace
+            deadline = target + self.grace
             while ready is None and (left := deadline - time.monotonic()) > 0:
                 await self.frames.wait_for_new(left)
                 ready = self.frames.take(n)

@@ -121,6 +121,38 @@ async def test_video_track_paces_repeats_late_frames_and_counts_drops() -> None:
     track.stop()
 
 
+async def test_video_track_sends_a_frame_that_comes_within_its_grace() -> None:
+    fps = 25
+    clock = PlayoutClock(t0=time.monotonic(), delay=0.0)
+    buf = FrameBuffer()
+    sent: list[tuple[int, bool]] = []
+    track = AvatarVideoTrack(
+        clock, fps, buf, _frame(7), grace=0.03, on_sent=lambda n, r, d: sent.append((n, d))
+    )
+    buf.put(ReadyFrame(0, _frame(0)))
+    await track.recv()
+    loop = asyncio.get_running_loop()
+    # frame 1 is ready 10 ms after its send time: within the grace, so it goes out (late), not a repeat
+    loop.call_at(
+        loop.time() + (clock.wall(1 / fps) - time.monotonic()) + 0.01, buf.put, ReadyFrame(1, _frame(1))
+    )
+    f1 = await track.recv()
+    assert int(f1.to_ndarray(format="rgb24")[0, 0, 0]) == 1 and track.dropped == 0
+    assert time.monotonic() >= clock.wall(1 / fps) + 0.01
+    # frame 2 comes only after the grace: frame 1 repeats, and frame 2 is discarded, not sent as frame 3
+    loop.call_at(
+        loop.time() + (clock.wall(2 / fps) - time.monotonic()) + 0.035, buf.put, ReadyFrame(2, _frame(2))
+    )
+    f2 = await track.recv()
+    assert int(f2.to_ndarray(format="rgb24")[0, 0, 0]) == 1 and track.dropped == 1
+    await asyncio.sleep(clock.wall(2 / fps) + 0.04 - time.monotonic())
+    buf.put(ReadyFrame(3, _frame(3)))
+    f3 = await track.recv()
+    assert int(f3.to_ndarray(format="rgb24")[0, 0, 0]) == 3 and f3.pts == 3 * 3600
+    assert sent == [(0, False), (1, False), (2, True), (3, False)]
+    track.stop()
+
+
 def test_adaptive_delay_rises_with_late_frames_and_falls_only_in_quiet_input() -> None:
     clock = PlayoutClock(t0=0.0, delay=0.10)
     fixed = AdaptiveDelay(PlayoutClock(t0=0.0, delay=0.10), 0.10, 0.10)
