@@ -227,6 +227,13 @@ def analyse(client: Any, onsets: list[float], fps: int, meter: MouthMeter) -> di
     step = 90000 // fps
     missing = int(np.sum(np.maximum(np.diff(pts) // step - 1, 0))) if len(pts) > 1 else 0
     span = arrivals[-1] - arrivals[0] if len(arrivals) > 1 else 0.0
+    # the time between frames as they arrive: a frame sent late (within the track's grace) shows
+    # here as a long interval and a short one; a repeated frame does not (it is counted apart)
+    gaps = np.diff(arrivals) * 1000
+    intervals = None
+    if len(gaps):
+        values = np.percentile(gaps, (1, 50, 99, 100))
+        intervals = {k: round(float(v), 1) for k, v in zip(("p1", "p50", "p99", "max"), values, strict=True)}
     motion = match_motion(video, client.motion, fps)
     score = np.full(len(video), np.nan)
     for i, v in enumerate(video):
@@ -259,6 +266,7 @@ def analyse(client: Any, onsets: list[float], fps: int, meter: MouthMeter) -> di
         "frames": len(video),
         "fps": (len(video) - 1) / span if span > 0 else 0.0,
         "pts_gaps": missing,
+        "frame_interval_ms": intervals,
         "first_frame_s": float(arrivals[0] - client.answered_at) if len(arrivals) else None,
         "latency_mouth": lat_mouth,
         "av_offset": av,
@@ -434,6 +442,7 @@ async def measure(
             "frame_slack_ms": [i.get("frame_slack_ms") for i in infos],
             "audio_arrival_lag_ms": [i.get("audio_arrival_lag_ms") for i in infos],
             "pts_gaps_client": [p["pts_gaps"] for p in per],
+            "frame_interval_ms_client": [p["frame_interval_ms"] for p in per],
             "first_frame_after_answer_ms": [round(1000 * p["first_frame_s"], 1) for p in per],
             "latency_onsets": int(len(lat)),
             "latency_p50_ms": round(float(np.percentile(lat, 50)) * 1000, 1) if len(lat) else None,
