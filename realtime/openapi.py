@@ -367,6 +367,7 @@ def _schemas() -> dict[str, Any]:
                 "params": {"type": "object"},
                 "frames_sent": {"type": "integer"},
                 "frames_dropped": {"type": "integer"},
+                "frames_sent_late": {"type": "integer"},
                 "first_frame_s": {"type": "number", "nullable": True},
                 "frames_dropped_by_cause": {
                     "type": "object",

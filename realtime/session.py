@@ -766,6 +766,8 @@ class LiveSession:
             "first_frame_s": first,
             "frames_sent": self.video.sent,
             "frames_dropped": self.video.dropped,
+            # frames that came after their send time but within the track's grace: sent late, not repeated
+            "frames_sent_late": self.video.sent_late,
             "frames_dropped_by_cause": dict(self.stats.repeats),
             "frames_rendered": self.stats.frames_rendered,
             "frames_skipped_late": self.stats.frames_skipped_late,

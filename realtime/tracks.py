@@ -38,6 +38,12 @@ VIDEO_TIME_BASE = fractions.Fraction(1, VIDEO_CLOCK)
 AUDIO_RATE = 48000
 AUDIO_TIME_BASE = fractions.Fraction(1, AUDIO_RATE)
 AUDIO_SAMPLES = 960  # 20 ms at 48 kHz
+# A frame ready this many frame periods after its send time still goes out (late, with its own pts)
+# instead of a repeat of the last one. Sent late, frame n shows for less than a period and the frame
+# before it for more; repeated, n is never shown. A quarter period is left for encoding it before the
+# next frame's send time. In a 4-session run with 0.4 (16 ms at 25 fps) 8 frames repeated; 5 or 6
+# of them were ready within 30 ms (bench/live.md, 2026-11-22).
+GRACE_PERIODS = 0.75
 # If a track's consumer falls this many frame periods behind the clock, jump to now
 # instead of bursting old frames out (pipecat-style drift reset).
 MAX_BEHIND_PERIODS = 3
@@ -67,7 +73,7 @@ class AdaptiveDelay:
     its send time repeats the last one: a visible stutter. One stall now and then is not worth
     more latency (the frames it made late have repeated already); stalls again and again, or a
     host too slow for many frames in a row, are. A frame is late when it is ready later than
-    ``low`` (default: 8 ms late, half that grace); late frames less than ``episode_gap`` apart are
+    ``low`` (default: 8 ms late, about a quarter of that grace); late frames less than ``episode_gap`` apart are
     one episode. When an episode starts within ``window`` seconds of the last late frame, or one
     reaches ``sustained`` late frames, the delay rises by this frame's lateness, rounded up to
     ``step``s, up to ``ceiling``: frames then leave later instead of repeating. Audio and video
@@ -278,13 +284,14 @@ class AvatarVideoTrack(MediaStreamTrack):
         self.frames = frames
         self._last = placeholder
         # how long after its send time a frame may still come and go out (late) instead of a repeat
-        self.grace = (0.4 / fps) if grace is None else grace
+        self.grace = (GRACE_PERIODS / fps) if grace is None else grace
         self._on_sent = on_sent
         self._on_encoded = on_encoded
         self._returned_at: float | None = None
         self._next: int | None = None
         self.sent = 0
         self.dropped = 0
+        self.sent_late = 0  # frames that came within the grace, after their send time
         self.repeats_before_first = 0
         self.first_sent_at: float | None = None
         self._have_real = False
@@ -333,6 +340,7 @@ class AvatarVideoTrack(MediaStreamTrack):
             while ready is None and (left := deadline - time.monotonic()) > 0:
                 await self.frames.wait_for_new(left)
                 ready = self.frames.take(n)
+            self.sent_late += ready is not None
         repeated = ready is None
         if ready is not None:
             frame = ready.frame

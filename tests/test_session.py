@@ -137,7 +137,7 @@ async def test_video_track_sends_a_frame_that_comes_within_its_grace() -> None:
         loop.time() + (clock.wall(1 / fps) - time.monotonic()) + 0.01, buf.put, ReadyFrame(1, _frame(1))
     )
     f1 = await track.recv()
-    assert int(f1.to_ndarray(format="rgb24")[0, 0, 0]) == 1 and track.dropped == 0
+    assert int(f1.to_ndarray(format="rgb24")[0, 0, 0]) == 1 and track.dropped == 0 and track.sent_late == 1
     assert time.monotonic() >= clock.wall(1 / fps) + 0.01
     # frame 2 comes only after the grace: frame 1 repeats, and frame 2 is discarded, not sent as frame 3
     loop.call_at(
@@ -149,7 +149,7 @@ async def test_video_track_sends_a_frame_that_comes_within_its_grace() -> None:
     buf.put(ReadyFrame(3, _frame(3)))
     f3 = await track.recv()
     assert int(f3.to_ndarray(format="rgb24")[0, 0, 0]) == 3 and f3.pts == 3 * 3600
-    assert sent == [(0, False), (1, False), (2, True), (3, False)]
+    assert sent == [(0, False), (1, False), (2, True), (3, False)] and track.sent_late == 1
     track.stop()
 
 

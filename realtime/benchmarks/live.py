@@ -435,6 +435,7 @@ async def measure(
             "sessions_closed_early": sum(1 for i in infos if i.get("closed_early")),
             "frames_sent_server": [i.get("frames_sent") for i in infos],
             "frames_dropped_server": [i.get("frames_dropped") for i in infos],
+            "frames_sent_late_server": [i.get("frames_sent_late") for i in infos],
             "frames_dropped_by_cause": [i.get("frames_dropped_by_cause") for i in infos],
             # motion frames made in pauses without the denoiser
             "frames_idle_server": [i.get("frames_idle") for i in infos],
