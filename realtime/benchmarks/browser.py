@@ -5,8 +5,10 @@ The loopback bench's aiortc clients send audio packets without pause; a browser 
 process, 2 workers) and Debian's Chromium with a fake microphone that loops a sentence and 8 s of
 silence, in pairs: ``live.uplink_dtx=false``, then ``true``. Each run reports, over ``--seconds``
 after the page has connected: the server's CPU (all its processes), the audio packets that reached
-the session per second, the repeated frames by cause, the playout delay's changes and the
-server-side audio-to-frame latency (``GET /sessions/{id}``).
+the session per second, the repeated frames by cause and those sent late within the video track's
+grace, the playout delay's changes and the server-side audio-to-frame latency (``GET
+/sessions/{id}``); and from the page: its fps and Chromium's video jitter-buffer delay (the mean
+since it connected), where frames sent late would show.
 """
 
 from __future__ import annotations
@@ -65,7 +67,7 @@ async def run_once(dtx: bool, seconds: float, mic: Path, work: Path) -> dict[str
         async with (
             aiohttp.ClientSession() as http,
             chromium(profile, mic) as port,
-            open_page(http, port, f"{url}/?mode=obs"),
+            open_page(http, port, f"{url}/?mode=obs") as page,
         ):
             info = None
             for _ in range(120):
@@ -79,6 +81,8 @@ async def run_once(dtx: bool, seconds: float, mic: Path, work: Path) -> dict[str
             i0, c0, t0 = await _session(http, url), _proc_cpu(server.pid), time.monotonic()
             await asyncio.sleep(seconds)
             i1, c1, t1 = await _session(http, url), _proc_cpu(server.pid), time.monotonic()
+            # the page's own view: Chromium's video jitter buffer delay, averaged over the session
+            seen = await page.evaluate("({...window.avatarState, lastMotion: null})")
     finally:
         stop_server(server)
     assert i0 is not None and i1 is not None
@@ -94,12 +98,15 @@ async def run_once(dtx: bool, seconds: float, mic: Path, work: Path) -> dict[str
         "audio_packets_per_s": round((i1["audio_frames_in"] - i0["audio_frames_in"]) / wall, 1),
         "frames_sent": i1["frames_sent"] - i0["frames_sent"],
         "frames_repeated": i1["frames_dropped"] - i0["frames_dropped"],
+        "frames_sent_late": i1["frames_sent_late"] - i0["frames_sent_late"],
         "repeated_by_cause": causes,
         "silence_filled_s": round(i1["silence_filled_s"] - i0["silence_filled_s"], 2),
         "pipeline_delay_ms_end": i1["pipeline_delay_ms"],
         "pipeline_delay_changes": [c for c in i1["pipeline_delay_history"] if c[0] > i0["age_s"] - 1],
         "server_latency_ms": i1["latency_ms"],
         "frame_slack_ms": i1["frame_slack_ms"],
+        "page_fps": seen.get("fps"),
+        "page_jitter_buffer_ms": seen.get("jitterMs"),
     }
 
 
