@@ -73,10 +73,11 @@ class AdaptiveDelay:
     its send time repeats the last one: a visible stutter. One stall now and then is not worth
     more latency (the frames it made late have repeated already); stalls again and again, or a
     host too slow for many frames in a row, are. A frame is late when it is ready later than
-    ``low`` (default: 8 ms late, about a quarter of that grace); late frames less than ``episode_gap`` apart are
-    one episode. When an episode starts within ``window`` seconds of the last late frame, or one
-    reaches ``sustained`` late frames, the delay rises by this frame's lateness, rounded up to
-    ``step``s, up to ``ceiling``: frames then leave later instead of repeating. Audio and video
+    ``low`` (default: 8 ms late, about a quarter of that grace); late frames less than
+    ``episode_gap`` apart are one episode. When an episode starts within ``window`` seconds of the
+    last late frame, or one reaches ``sustained`` late frames, the delay rises by this frame's
+    lateness, rounded up to ``step``s, up to ``ceiling``: frames then leave later instead of
+    repeating (or of going out late within the grace, as jitter). Audio and video
     share the clock, so lips and voice stay together; the peer's jitter buffer absorbs the step.
     After ``settle`` seconds in which every frame was ready at least a step before its send time,
     and only while the input is quiet (the voice then loses milliseconds of silence, not of a
