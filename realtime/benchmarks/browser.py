@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from realtime.benchmarks._support import stop_server, tests_on_path, wait_ready, write_result
-from realtime.benchmarks.live import _proc_cpu, start_server
+from realtime.benchmarks.live import _proc_cpu, start_burners, start_server
 
 SENTENCE = "Hello there, this is a short test of the avatar, speaking for a few seconds."
 SILENCE_S = 8.0
@@ -114,11 +114,13 @@ def cli_main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="avatar bench browser", description=__doc__)
     parser.add_argument("--seconds", type=float, default=30.0, help="measured span of each run")
     parser.add_argument("--pairs", type=int, default=2, help="runs without and with DTX, interleaved")
+    parser.add_argument("--busy", type=float, default=0.0, help="cores to keep busy in other processes")
     parser.add_argument("--json", type=Path, default=None, help="also write the result here")
     args = parser.parse_args(argv)
     if shutil.which("chromium") is None or shutil.which("flite") is None:
         parser.error("needs Debian's chromium and flite (scripts/setup.sh --test installs them)")
     work = Path(tempfile.mkdtemp(prefix="bench-browser-"))
+    burners = start_burners(args.busy)
     try:
         mic = make_input(work)
         runs = []
@@ -127,6 +129,10 @@ def cli_main(argv: list[str]) -> int:
                 runs.append(asyncio.run(run_once(dtx, args.seconds, mic, work)))
                 print(json.dumps(runs[-1]), file=sys.stderr)
     finally:
+        for b in burners:
+            b.kill()
+            b.wait()
         shutil.rmtree(work, ignore_errors=True)
-    result = {"bench": "browser", "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "runs": runs}
+    date = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    result = {"bench": "browser", "date": date, "busy_cores": args.busy, "runs": runs}
     return write_result(result, args.json)
