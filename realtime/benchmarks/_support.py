@@ -1,4 +1,4 @@
-"""Helpers shared by the hardening benchmarks (``load``, ``cycles``) and their tests.
+"""Helpers shared by the benchmarks and their tests.
 
 Process probes read Linux ``/proc``; the server runs as its own process (``avatar serve``)
 so what is measured is the server, not the clients.
@@ -7,16 +7,43 @@ so what is measured is the server, not the clients.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import math
 import os
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from realtime.config import ROOT
+
+BURN = """
+import sys, time
+share, period = float(sys.argv[1]), 0.01
+while True:
+    t = time.perf_counter()
+    while time.perf_counter() - t < share * period:
+        pass
+    time.sleep((1.0 - share) * period)
+"""
+
+
+@contextlib.contextmanager
+def busy_cores(cores: float) -> Iterator[None]:
+    """Keep ``cores`` of CPU busy while the block runs (the benches' ``--busy``): processes that burn
+    them between them in 10 ms duty cycles, as another tenant of a shared host would."""
+    n = math.ceil(cores - 1e-9) if cores > 0 else 0
+    burners = [subprocess.Popen([sys.executable, "-c", BURN, str(cores / n)]) for _ in range(n)]
+    try:
+        yield
+    finally:
+        for p in burners:
+            p.kill()
+            p.wait()
 
 
 def fd_count(pid: int | None = None) -> int:

@@ -26,8 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from realtime.benchmarks._support import stop_server, tests_on_path, wait_ready, write_result
-from realtime.benchmarks.live import _proc_cpu, start_burners, start_server
+from realtime.benchmarks._support import busy_cores, stop_server, tests_on_path, wait_ready, write_result
+from realtime.benchmarks.live import _proc_cpu, start_server
 
 SENTENCE = "Hello there, this is a short test of the avatar, speaking for a few seconds."
 SILENCE_S = 8.0
@@ -120,18 +120,15 @@ def cli_main(argv: list[str]) -> int:
     if shutil.which("chromium") is None or shutil.which("flite") is None:
         parser.error("needs Debian's chromium and flite (scripts/setup.sh --test installs them)")
     work = Path(tempfile.mkdtemp(prefix="bench-browser-"))
-    burners = start_burners(args.busy)
     try:
         mic = make_input(work)
         runs = []
-        for _ in range(args.pairs):
-            for dtx in (False, True):
-                runs.append(asyncio.run(run_once(dtx, args.seconds, mic, work)))
-                print(json.dumps(runs[-1]), file=sys.stderr)
+        with busy_cores(args.busy):
+            for _ in range(args.pairs):
+                for dtx in (False, True):
+                    runs.append(asyncio.run(run_once(dtx, args.seconds, mic, work)))
+                    print(json.dumps(runs[-1]), file=sys.stderr)
     finally:
-        for b in burners:
-            b.kill()
-            b.wait()
         shutil.rmtree(work, ignore_errors=True)
     date = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     result = {"bench": "browser", "date": date, "busy_cores": args.busy, "runs": runs}

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import math
 import os
 import shutil
 import socket
@@ -31,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from realtime.benchmarks._support import busy_cores
 from realtime.config import ROOT
 
 WORDS = ("Ah", "Hop", "Odd", "Eye", "Ha", "Out")  # open-mouth onsets: the lips move with the sound
@@ -335,25 +335,6 @@ def start_server(
     return subprocess.Popen(cmd, cwd=ROOT), f"http://127.0.0.1:{port}"
 
 
-BURN = """
-import sys, time
-share, period = float(sys.argv[1]), 0.01
-while True:
-    t = time.perf_counter()
-    while time.perf_counter() - t < share * period:
-        pass
-    time.sleep((1.0 - share) * period)
-"""
-
-
-def start_burners(cores: float) -> list[subprocess.Popen]:
-    """Processes that burn ``cores`` of CPU between them, in 10 ms duty cycles (another tenant)."""
-    if cores <= 0:
-        return []
-    n = math.ceil(cores - 1e-9)
-    return [subprocess.Popen([sys.executable, "-c", BURN, str(cores / n)]) for _ in range(n)]
-
-
 async def measure(
     args: argparse.Namespace,
     server: subprocess.Popen,
@@ -519,13 +500,10 @@ def cli_main(argv: list[str]) -> int:
     if args.margin_ms is not None:
         args.overrides.append(f"live.latency_margin_ms={args.margin_ms}")
     server, url = start_server(args.sessions, work / "avatars", args.overrides)
-    burners = start_burners(args.busy)
     try:
-        result = asyncio.run(measure(args, server, url, pcm, onsets, meter))
+        with busy_cores(args.busy):
+            result = asyncio.run(measure(args, server, url, pcm, onsets, meter))
     finally:
-        for p in burners:
-            p.kill()
-            p.wait()
         server.terminate()
         try:
             server.wait(timeout=20)

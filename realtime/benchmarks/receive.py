@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from realtime.benchmarks._support import write_result
+from realtime.benchmarks._support import busy_cores, write_result
 
 SPACING = 0.002  # seconds between packets: the loop idles between them, as a session's does
 
@@ -94,23 +94,17 @@ async def measure(packets: int, rounds: int) -> dict[str, Any]:
 
 
 def cli_main(argv: list[str]) -> int:
-    from realtime.benchmarks.live import start_burners
-
     parser = argparse.ArgumentParser(prog="avatar bench receive", description=__doc__.split("\n\n")[0])
     parser.add_argument("--packets", type=int, default=2000, help="packets per round and path")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--busy", type=float, default=0.0, help="cores to keep busy in other processes")
     parser.add_argument("--json", type=Path, default=None, help="also write the result here")
     args = parser.parse_args(argv)
-    burners = start_burners(args.busy)
-    try:
+    with busy_cores(args.busy):
         result: dict[str, Any] = {
             "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "packets": args.packets,
             "busy_cores": args.busy,
             **asyncio.run(measure(args.packets, args.rounds)),
         }
-    finally:
-        for b in burners:
-            b.kill()
     return write_result(result, args.json)
