@@ -38,12 +38,13 @@ VIDEO_TIME_BASE = fractions.Fraction(1, VIDEO_CLOCK)
 AUDIO_RATE = 48000
 AUDIO_TIME_BASE = fractions.Fraction(1, AUDIO_RATE)
 AUDIO_SAMPLES = 960  # 20 ms at 48 kHz
-# A frame ready this many frame periods after its send time still goes out (late, with its own pts)
-# instead of a repeat of the last one. Sent late, frame n shows for less than a period and the frame
-# before it for more; repeated, n is never shown. A quarter period is left for encoding it before the
-# next frame's send time. In a 4-session run with 0.4 (16 ms at 25 fps) 8 frames repeated; 5 or 6
-# of them were ready within 30 ms (bench/live.md, 2026-11-22).
-GRACE_PERIODS = 0.75
+# A frame ready up to this many frame periods after its send time still goes out (late, with its own
+# pts) instead of a repeat of the last one. Sent late, frame n shows for less than a period and the
+# frame before it for more; repeated, n is never shown. Either way a packet leaves late: a repeat waits
+# out the whole grace first. One period is the most that holds back no other frame (n + 1 only waits
+# for n's encode). Against 0.75, 4 sessions repeated 9 frames in all against 47 over 6 pairs, and
+# Chromium's jitter buffer was no larger with frames 40 or 60 ms late than 28 ms (bench/live.md).
+GRACE_PERIODS = 1.0
 # If a track's consumer falls this many frame periods behind the clock, jump to now
 # instead of bursting old frames out (pipecat-style drift reset).
 MAX_BEHIND_PERIODS = 3
@@ -73,7 +74,7 @@ class AdaptiveDelay:
     its send time repeats the last one: a visible stutter. One stall now and then is not worth
     more latency (the frames it made late have repeated already); stalls again and again, or a
     host too slow for many frames in a row, are. A frame is late when it is ready later than
-    ``low`` (default: 8 ms late, about a quarter of that grace); late frames less than
+    ``low`` (default: 8 ms late, a fifth of that grace at 25 fps); late frames less than
     ``episode_gap`` apart are one episode. When an episode starts within ``window`` seconds of the
     last late frame, or one reaches ``sustained`` late frames, the delay rises by this frame's
     lateness, rounded up to ``step``s, up to ``ceiling``: frames then leave later instead of

@@ -216,9 +216,9 @@ async def test_shutdown_with_live_sessions_is_clean(serve, caplog):
 
 
 async def _stalled_session(url: str, app, frames: int = 125) -> tuple[int, int, dict]:
-    """One session whose every fourth frame's compute stalls 90 ms once it streams: (repeated frames
+    """One session whose every fourth frame's compute stalls 110 ms once it streams: (repeated frames
     while stalled, stalls, the session's info). At the default margin such a frame is ready about
-    55 ms late, past the video track's grace (30 ms at 25 fps), so it repeats unless the delay rises."""
+    75 ms late, past the video track's grace (40 ms at 25 fps), so it repeats unless the delay rises."""
     client = import_test_client()(url, SILENCE, 16000, keep_video=False)
     try:
         await client.connect()
@@ -229,7 +229,7 @@ async def _stalled_session(url: str, app, frames: int = 125) -> tuple[int, int, 
         def stalled(values: np.ndarray):
             calls[0] += 1
             if calls[0] % 4 == 1:
-                time.sleep(0.09)  # on the executor thread: the frame is ready 90 ms later
+                time.sleep(0.11)  # on the executor thread: the frame is ready 110 ms later
             return render(values)
 
         session._render_frame = stalled
@@ -242,7 +242,7 @@ async def _stalled_session(url: str, app, frames: int = 125) -> tuple[int, int, 
 
 
 async def test_playout_delay_rises_instead_of_repeating_when_compute_stalls(serve):
-    """Every fourth frame's compute stalls 90 ms (a host short of CPU now and then). With the delay
+    """Every fourth frame's compute stalls 110 ms (a host short of CPU now and then). With the delay
     fixed, the stalls repeat frames throughout; the adaptive delay rises after the first late frames,
     and the frames after them are sent, not repeated."""
     url, app_adaptive, _ = await serve(live={"latency_margin_max_ms": 150.0})  # room above any host's need
