@@ -10,10 +10,12 @@
   const $ = (id) => document.getElementById(id);
   const video = $("video");
 
-  // Exposed for kiosks, tests and debugging: the live state of the connection.
+  // Exposed for kiosks, tests and debugging: the live state of the connection. videoStats holds the
+  // browser's cumulative video counters (getStats), so a watcher can difference any two readings:
+  // freezes, frames the browser dropped, jitter-buffer delay over a window.
   const state = {
     state: "idle", sessionId: null, error: null, fps: 0, framesDecoded: 0, framesReceived: 0,
-    latencyMs: null, rttMs: null, motionFrames: 0, lastMotion: null,
+    latencyMs: null, rttMs: null, motionFrames: 0, lastMotion: null, videoStats: null,
   };
   window.avatarState = state;
 
@@ -201,6 +203,11 @@
         lastTime = now;
         state.framesDecoded = s.framesDecoded || 0;
         state.framesReceived = s.framesReceived || 0;
+        state.videoStats = {
+          jitterBufferDelay: s.jitterBufferDelay || 0, jitterBufferTargetDelay: s.jitterBufferTargetDelay || 0,
+          jitterBufferEmittedCount: s.jitterBufferEmittedCount || 0, freezeCount: s.freezeCount || 0,
+          totalFreezesDuration: s.totalFreezesDuration || 0, framesDropped: s.framesDropped || 0,
+        };
         if (s.jitterBufferEmittedCount) state.jitterMs = Math.round((s.jitterBufferDelay / s.jitterBufferEmittedCount) * 1000);
       }
     });

@@ -20,6 +20,7 @@ from aiohttp.test_utils import TestServer
 from chromium import CHROMIUM, chromium, open_page
 
 from realtime.app import create_app
+from realtime.benchmarks.browser import page_video
 from realtime.config import Config
 
 pytestmark = [
@@ -54,11 +55,15 @@ async def test_browser_client_receives_avatar_video(
                 assert state.get("state") == "connected", state
                 assert state.get("sessionId")
                 # measure decoded frames over a few seconds with getStats (polled by the page each second)
-                t0, n0 = time.monotonic(), state["framesDecoded"]
+                t0, n0, v0 = time.monotonic(), state["framesDecoded"], state["videoStats"]
                 await asyncio.sleep(4.0)
                 state = json.loads(await page.evaluate("JSON.stringify(window.avatarState)"))
                 fps = (state["framesDecoded"] - n0) / (time.monotonic() - t0)
                 assert fps > 0.5 * 25, f"decoded {fps:.1f} fps: {state}"
+                # the browser's own counters, as a kiosk watcher or `avatar bench browser` reads them
+                seen = page_video(v0, state["videoStats"])
+                assert seen["page_jitter_buffer_ms"] is not None and seen["page_jitter_buffer_ms"] >= 0, seen
+                assert seen["page_freezes"] >= 0 and seen["page_frames_dropped"] >= 0, seen
                 assert state["motionFrames"] > 10  # the motion data channel works in the browser
                 video = await page.evaluate(
                     "(() => { const v = document.getElementById('video');"

@@ -7,8 +7,9 @@ silence, in pairs: ``live.uplink_dtx=false``, then ``true``. Each run reports, o
 after the page has connected: the server's CPU (all its processes), the audio packets that reached
 the session per second, the repeated frames by cause and those sent late within the video track's
 grace, the playout delay's changes and the server-side audio-to-frame latency (``GET
-/sessions/{id}``); and from the page: its fps and Chromium's video jitter-buffer delay (the mean
-since it connected), where frames sent late would show.
+/sessions/{id}``); and from the page, over the same span: its fps, Chromium's video jitter-buffer
+delay and its target (means over the frames the buffer let out; frames sent late would show here),
+and the freezes and frames Chromium counted (``window.avatarState.videoStats``).
 """
 
 from __future__ import annotations
@@ -45,6 +46,26 @@ def make_input(workdir: Path) -> Path:
     return out
 
 
+# The page polls getStats once a second; its cumulative video counters, read at both ends of a run.
+PAGE_STATS = "window.avatarState.videoStats"
+
+
+def page_video(v0: dict[str, float], v1: dict[str, float]) -> dict[str, Any]:
+    """Chromium's view of the video between two readings of ``avatarState.videoStats``."""
+    out = int(v1["jitterBufferEmittedCount"] - v0["jitterBufferEmittedCount"])
+
+    def mean_ms(key: str) -> float | None:
+        return round(1000.0 * (v1[key] - v0[key]) / out, 1) if out > 0 else None
+
+    return {
+        "page_jitter_buffer_ms": mean_ms("jitterBufferDelay"),
+        "page_jitter_target_ms": mean_ms("jitterBufferTargetDelay"),
+        "page_freezes": int(v1["freezeCount"] - v0["freezeCount"]),
+        "page_freeze_s": round(v1["totalFreezesDuration"] - v0["totalFreezesDuration"], 3),
+        "page_frames_dropped": int(v1["framesDropped"] - v0["framesDropped"]),
+    }
+
+
 async def _session(http: Any, url: str) -> dict[str, Any] | None:
     """The one session's info (``GET /sessions`` lists each session's full info), or None."""
     async with http.get(f"{url}/sessions") as r:
@@ -79,10 +100,11 @@ async def run_once(dtx: bool, seconds: float, mic: Path, work: Path) -> dict[str
                 raise RuntimeError("the page did not connect")
             await asyncio.sleep(2.0)  # past the first packets and the bitrate ramp
             i0, c0, t0 = await _session(http, url), _proc_cpu(server.pid), time.monotonic()
+            v0 = await page.evaluate(PAGE_STATS)
             await asyncio.sleep(seconds)
             i1, c1, t1 = await _session(http, url), _proc_cpu(server.pid), time.monotonic()
-            # the page's own view: Chromium's video jitter buffer delay, averaged over the session
             seen = await page.evaluate("({...window.avatarState, lastMotion: null})")
+            v1 = seen["videoStats"]
     finally:
         stop_server(server)
     assert i0 is not None and i1 is not None
@@ -106,7 +128,7 @@ async def run_once(dtx: bool, seconds: float, mic: Path, work: Path) -> dict[str
         "server_latency_ms": i1["latency_ms"],
         "frame_slack_ms": i1["frame_slack_ms"],
         "page_fps": seen.get("fps"),
-        "page_jitter_buffer_ms": seen.get("jitterMs"),
+        **page_video(v0, v1),
     }
 
 
