@@ -46,10 +46,6 @@ def make_input(workdir: Path) -> Path:
     return out
 
 
-# The page polls getStats once a second; its cumulative video counters, read at both ends of a run.
-PAGE_STATS = "window.avatarState.videoStats"
-
-
 def page_video(v0: dict[str, float], v1: dict[str, float]) -> dict[str, Any]:
     """Chromium's view of the video between two readings of ``avatarState.videoStats``."""
     out = int(v1["jitterBufferEmittedCount"] - v0["jitterBufferEmittedCount"])
@@ -100,7 +96,7 @@ async def run_once(dtx: bool, seconds: float, mic: Path, work: Path) -> dict[str
                 raise RuntimeError("the page did not connect")
             await asyncio.sleep(2.0)  # past the first packets and the bitrate ramp
             i0, c0, t0 = await _session(http, url), _proc_cpu(server.pid), time.monotonic()
-            v0 = await page.evaluate(PAGE_STATS)
+            v0 = await page.evaluate("window.avatarState.videoStats")  # the page polls getStats each second
             await asyncio.sleep(seconds)
             i1, c1, t1 = await _session(http, url), _proc_cpu(server.pid), time.monotonic()
             seen = await page.evaluate("({...window.avatarState, lastMotion: null})")
